@@ -1,0 +1,132 @@
+"""Paste-back: synthetic faces into the frame, and the only place an AnonymizedFrame is made.
+
+Each face region is the face-oval polygon from the landmarks, feathered at its edge. A face the
+generator could not produce is filled with flat grey instead (masked), never left as it was.
+
+Lighting and skin tone: the synthetic face keeps the colour the generator gave it. Optionally
+(``tone_match="luminance"``, the default) its brightness is scaled to the original face's mean
+luminance so it sits naturally in a dark or bright scene. Chroma (skin tone) is never copied from
+the person: it is an attribute of who they are, and matching it would carry it through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .synthesis import FaceJob
+from .topology import FACE_OVAL_POLYGON
+
+MASK_GREY = 128
+_TOKEN = object()  # only this module can construct an AnonymizedFrame
+
+
+class AnonymizedFrame:
+    """A frame in which every detected face was replaced or masked.
+
+    Publishing and writing accept only this type; it can only be made by :func:`compose`, so code
+    that skips the anonymizer cannot produce something publishable.
+    """
+
+    __slots__ = ("pixels", "faces_replaced", "faces_masked", "_sealed")
+
+    def __init__(self, token, pixels: np.ndarray, faces_replaced: int, faces_masked: int):
+        if token is not _TOKEN:
+            raise TypeError("AnonymizedFrame is made only by agent.compose")
+        self.pixels = pixels
+        self.pixels.setflags(write=False)
+        self.faces_replaced = faces_replaced
+        self.faces_masked = faces_masked
+
+    @property
+    def faces(self) -> int:
+        return self.faces_replaced + self.faces_masked
+
+
+@dataclass
+class Region:
+    """Where a face goes in the frame: an integer box and the per-pixel blend weight inside it."""
+
+    x0: int
+    y0: int
+    alpha: np.ndarray  # (h, w) float32 in [0, 1]
+    matrix: np.ndarray  # 2x3 crop -> box pixels
+
+
+def face_region(job: FaceJob, frame_shape, feather: float) -> Region | None:
+    h, w = frame_shape[:2]
+    size = job.conditioning.shape[0]
+    oval = job.crop_landmarks[FACE_OVAL_POLYGON].astype(np.float32)
+    inv = cv2.invertAffineTransform(job.matrix)
+    corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64) @ inv[:, :2].T + inv[:, 2]
+    x0, y0 = np.floor(corners.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(corners.max(axis=0)).astype(int)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    # Mask in crop space: the oval, grown by half the feather so the soft edge lies outside the
+    # oval and the whole face is covered at full weight.
+    crop_mask = np.zeros((size, size), np.float32)
+    cv2.fillPoly(crop_mask, [np.round(oval * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
+    sigma = max(feather * size, 0.0)
+    if sigma > 0:
+        k = int(sigma * 2) | 1
+        crop_mask = cv2.dilate(crop_mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        crop_mask = cv2.GaussianBlur(crop_mask, (0, 0), sigma / 2)
+        # Keep the oval itself fully covered: feathering only adds weight outside it.
+        inside = np.zeros_like(crop_mask)
+        cv2.fillPoly(inside, [np.round(oval * 16).astype(np.int32)], 1.0, cv2.LINE_8, 4)
+        crop_mask = np.maximum(crop_mask, inside)
+    to_box = inv.copy()
+    to_box[:, 2] -= (x0, y0)
+    alpha = cv2.warpAffine(crop_mask, to_box, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderValue=0)
+    return Region(x0, y0, alpha, to_box)
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+def compose(frame: np.ndarray, jobs: list[FaceJob], feather: float = 0.06, tone_match: str = "luminance") -> AnonymizedFrame:
+    """Blend every job's face into a copy of ``frame`` (RGB, uint8 or uint16).
+
+    Faces are drawn far-to-near (small to large), so the nearer of two overlapping faces is on top.
+    """
+    out = frame.astype(np.float32)
+    peak = float(np.iinfo(frame.dtype).max) if frame.dtype.kind in "ui" else 255.0
+    scale = peak / 255.0
+    replaced = masked = 0
+    for job in sorted(jobs, key=lambda j: j.face.size):
+        region = face_region(job, frame.shape, feather)
+        if region is None:
+            continue
+        bh, bw = region.alpha.shape
+        box = out[region.y0:region.y0 + bh, region.x0:region.x0 + bw]
+        a = region.alpha[..., None]
+        if job.generated is None:
+            # Masking: a hard-edged flat fill, no feathering that could let face pixels through.
+            hard = (region.alpha > 0.01)[..., None]
+            box[:] = np.where(hard, MASK_GREY * scale, box)
+            masked += 1
+            continue
+        gen = cv2.warpAffine(job.generated, region.matrix, (bw, bh), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REPLICATE).astype(np.float32) * scale
+        if tone_match == "luminance":
+            weight = region.alpha.sum()
+            if weight > 1:
+                src = (_luminance(box) * region.alpha).sum() / weight
+                dst = (_luminance(gen) * region.alpha).sum() / weight
+                if dst > 1e-3:
+                    gen *= np.clip(src / dst, 0.5, 2.0)
+        box[:] = box * (1 - a) + gen * a
+        replaced += 1
+    result = np.clip(out + 0.5, 0, peak).astype(frame.dtype)
+    return AnonymizedFrame(_TOKEN, result, replaced, masked)
+
+
+def mask_everything(frame: np.ndarray) -> AnonymizedFrame:
+    """The fail-closed stand-in for a frame that could not be analysed: nothing of it survives."""
+    peak = np.iinfo(frame.dtype).max if frame.dtype.kind in "ui" else 255
+    return AnonymizedFrame(_TOKEN, np.full_like(frame, MASK_GREY * peak // 255), 0, 0)

@@ -1,0 +1,78 @@
+"""Reading and writing stills in the formats labs have: 8/16-bit, grey, colour, with alpha.
+
+The anonymizer works on RGB; these helpers convert in and out while keeping the file's own layout
+(size, bit depth, channels) so the output matches the input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import ImageError
+
+EXTENSIONS = (".jpg", ".jpeg", ".png")
+MAX_PIXELS = 1 << 28  # 268 Mpx: far past any camera, short of exhausting the device's memory
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode ``path`` as stored (grey, BGR or BGRA; uint8 or uint16)."""
+    path = Path(path)
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as exc:
+        raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if data.size == 0:
+        raise ImageError(f"{path} is empty (0 bytes)")
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise ImageError(f"{path} is not a readable JPEG or PNG (corrupt or truncated?)")
+    if img.shape[0] * img.shape[1] > MAX_PIXELS:
+        raise ImageError(f"{path} is {img.shape[1]}x{img.shape[0]}, over the {MAX_PIXELS >> 20} Mpx limit")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"{path} has unsupported sample type {img.dtype}; use 8- or 16-bit images")
+    return img
+
+
+def to_rgb(img: np.ndarray) -> np.ndarray:
+    """Stored layout -> RGB in the same bit depth (alpha dropped; see :func:`from_rgb`)."""
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    if img.shape[2] == 1:
+        return cv2.cvtColor(img[..., 0], cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def to_rgb8(rgb: np.ndarray) -> np.ndarray:
+    if rgb.dtype == np.uint8:
+        return rgb
+    return (rgb >> 8).astype(np.uint8)
+
+
+def from_rgb(rgb: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """RGB -> the stored layout of ``like`` (grey stays grey; alpha is carried over unchanged)."""
+    if like.ndim == 2 or like.shape[2] == 1:
+        out = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        return out if like.ndim == 2 else out[..., None]
+    if like.shape[2] == 4:
+        out = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA)
+        out[..., 3] = like[..., 3]
+        return out
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
+def write_image(path: Path, pixels: np.ndarray) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ext = path.suffix.lower() or ".png"
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext in (".jpg", ".jpeg") else []
+    ok, enc = cv2.imencode(ext, pixels, params)
+    if not ok:
+        raise ImageError(f"cannot encode {path} as {ext}")
+    tmp = path.with_name(path.name + ".part")
+    enc.tofile(tmp)
+    tmp.replace(path)

@@ -1,0 +1,105 @@
+"""The face pipeline: analyse -> synthesize -> compose, and the fail-closed policy in one place.
+
+A frame leaves only as an :class:`~agent.compose.AnonymizedFrame`. Faces that cannot be aligned or
+synthesized are masked. If analysis itself fails there is no AnonymizedFrame for that frame at all:
+the caller gets an :class:`AnalysisFailed` and decides between dropping the frame and publishing
+:func:`~agent.compose.mask_everything` of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from .backends import create_backend
+from .compose import AnonymizedFrame, compose
+from .config import AnonymizerConfig
+from .errors import AnoncamError
+from .faces import Face, FaceAnalyzer
+from .images import to_rgb8
+from .synthesis import FaceJob, Synthesizer
+
+log = logging.getLogger(__name__)
+
+
+class AnalysisFailed(AnoncamError):
+    """Face analysis did not run to completion on this frame: it must not be published as is."""
+
+
+@dataclass
+class Result:
+    frame: AnonymizedFrame
+    faces: list[Face]
+    jobs: list[FaceJob]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Anonymizer:
+    """Stills (``mode="image"``) or streams (``mode="video"``, tracking between frames)."""
+
+    def __init__(self, cfg: AnonymizerConfig | None = None, mode: str = "image"):
+        self.cfg = cfg = cfg or AnonymizerConfig()
+        self.analyzer = FaceAnalyzer(
+            max_faces=cfg.max_faces, mode=mode, min_detection_confidence=cfg.min_detection_confidence,
+            model_folder=cfg.models_dir,
+        )
+        self.backend = create_backend(cfg.backend, cfg.generator, cfg.models_dir, cfg.device, cfg.threads)
+        self.synthesizer = Synthesizer(self.backend)
+
+    def analyze(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> list[Face]:
+        """All faces in ``rgb`` (any bit depth), in full-resolution pixel coordinates."""
+        rgb8 = to_rgb8(rgb)
+        h, w = rgb8.shape[:2]
+        scale = min(1.0, self.cfg.max_analysis_side / max(h, w))
+        small = rgb8 if scale == 1.0 else cv2.resize(rgb8, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        try:
+            faces = self.analyzer.detect(small, timestamp_ms)
+        except Exception as exc:
+            raise AnalysisFailed(f"face analysis failed: {exc}") from exc
+        if scale != 1.0:
+            for f in faces:
+                f.landmarks = f.landmarks / scale
+        return faces
+
+    def anonymize(self, rgb: np.ndarray, faces: list[Face]) -> tuple[AnonymizedFrame, list[FaceJob], dict]:
+        t0 = time.perf_counter()
+        jobs = []
+        for face in faces:
+            try:
+                jobs.append(self.synthesizer.prepare(face))
+            except Exception as exc:
+                # Degenerate geometry: still mask the face, using its landmark hull as the region.
+                log.warning("face could not be aligned (%s); masking it", exc)
+                jobs.append(_hull_job(face, exc))
+        t1 = time.perf_counter()
+        self.synthesizer.run([j for j in jobs if j.error is None])
+        t2 = time.perf_counter()
+        frame = compose(rgb, jobs, self.cfg.feather, self.cfg.tone_match)
+        t3 = time.perf_counter()
+        return frame, jobs, {"align_ms": (t1 - t0) * 1e3, "synthesis_ms": (t2 - t1) * 1e3, "compose_ms": (t3 - t2) * 1e3}
+
+    def process(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> Result:
+        t0 = time.perf_counter()
+        faces = self.analyze(rgb, timestamp_ms)
+        t1 = time.perf_counter()
+        frame, jobs, timings = self.anonymize(rgb, faces)
+        timings["analysis_ms"] = (t1 - t0) * 1e3
+        return Result(frame, faces, jobs, timings)
+
+    def close(self):
+        self.analyzer.close()
+
+
+def _hull_job(face: Face, exc: Exception) -> FaceJob:
+    """A job whose 'crop' is the identity map over the face box, so compose masks the landmark hull."""
+    x0, y0, x1, y1 = face.box
+    side = max(x1 - x0, y1 - y0, 1.0)
+    size = 128
+    s = size / side
+    m = np.array([[s, 0, -x0 * s], [0, s, -y0 * s]], np.float64)
+    lm = (face.landmarks[:, :2] - (x0, y0)) * s
+    return FaceJob(face, m, lm.astype(np.float32), np.zeros((size, size, 3), np.uint8), None, f"alignment failed: {exc}")

@@ -1,0 +1,82 @@
+"""``anoncam anonymize INPUT OUTPUT``: anonymize a still or a folder of stills."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .config import AnonymizerConfig, load_config
+from .errors import AnoncamError, ImageError
+from .images import EXTENSIONS, from_rgb, read_image, to_rgb, write_image
+
+log = logging.getLogger(__name__)
+
+
+def register(sub):
+    p = sub.add_parser("anonymize", help="replace every face in an image or a folder of images",
+                       description="Replace every face in INPUT (a JPEG/PNG file, or a folder searched recursively) "
+                                   "and write the result to OUTPUT (a file, or a folder mirroring INPUT's layout).")
+    p.add_argument("input", type=Path)
+    p.add_argument("output", type=Path)
+    p.add_argument("--backend", choices=("openvino", "onnxruntime", "auto"), help="inference backend (default: config, else auto)")
+    p.add_argument("--device", help="OpenVINO device: CPU, GPU or NPU")
+    p.add_argument("--config", type=Path, help="YAML config (its 'anonymizer' section is used)")
+    p.add_argument("--max-faces", type=int)
+    p.set_defaults(func=run)
+
+
+def _pairs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
+    if src.is_dir():
+        files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        return [(f, dst / f.relative_to(src)) for f in files]
+    if src.is_file() or not src.exists():
+        if dst.is_dir():
+            dst = dst / src.name
+        return [(src, dst)]
+    return []
+
+
+def run(args) -> int:
+    cfg: AnonymizerConfig = load_config(args.config).anonymizer if args.config else AnonymizerConfig()
+    overrides = {k: v for k, v in (("backend", args.backend), ("device", args.device), ("max_faces", args.max_faces)) if v is not None}
+    cfg = cfg.model_copy(update=overrides)
+    if not args.input.exists():
+        raise AnoncamError(f"input {args.input} does not exist")
+    pairs = _pairs(args.input, args.output)
+    if not pairs:
+        raise AnoncamError(f"no .jpg/.jpeg/.png files under {args.input}")
+
+    from .pipeline import AnalysisFailed, Anonymizer
+
+    anonymizer = Anonymizer(cfg, mode="image")
+    counts = {"images": 0, "faces_replaced": 0, "faces_masked": 0, "no_face": 0, "failed": 0}
+    failures = []
+    try:
+        for src, dst in tqdm(pairs, desc="anonymize", unit="img", disable=len(pairs) < 2 or not sys.stderr.isatty()):
+            try:
+                stored = read_image(src)
+                result = anonymizer.process(to_rgb(stored))
+                write_image(dst, from_rgb(result.frame.pixels, stored))
+            except (ImageError, AnalysisFailed) as exc:
+                # Nothing is written for a file we could not anonymize: no output beats a raw one.
+                counts["failed"] += 1
+                failures.append(str(exc))
+                continue
+            counts["images"] += 1
+            counts["faces_replaced"] += result.frame.faces_replaced
+            counts["faces_masked"] += result.frame.faces_masked
+            if not result.faces:
+                counts["no_face"] += 1
+    finally:
+        anonymizer.close()
+    for msg in failures:
+        print(f"anoncam: error: {msg}", file=sys.stderr)
+    print(
+        f"{counts['images']} image(s) written, {counts['faces_replaced']} face(s) replaced, "
+        f"{counts['faces_masked']} masked, {counts['no_face']} with no face (written unchanged), "
+        f"{counts['failed']} failed"
+    )
+    return 1 if counts["failed"] else 0

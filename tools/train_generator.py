@@ -1,0 +1,222 @@
+"""Train the edge generator: landmark conditioning -> face crop (LSGAN + masked L1 + feature matching).
+
+    python -m tools.train_generator --minutes 30                      # CPU, resumes runs/generator
+    python -m tools.train_generator --minutes 9 --data DIR --run DIR  # same script on a CUDA GPU
+
+Resumable: state (G, D, EMA, optimizers, step) goes to RUN/state.pt every few minutes and at the
+end, and a rerun continues from it. RUN/generator_ema.pt is the compact export checkpoint (EMA
+weights, fp16). RUN/samples_*.png are grids of conditioning | generated | real on held-out faces,
+RUN/log.jsonl the loss curve. Time-budgeted: it stops cleanly after --minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from agent.align import CROP_SIZE
+from agent.render import RENDERED_INDICES, render_conditioning
+from agent.topology import FACE_OVAL_POLYGON
+from tools.datasets import CACHE, PackedFaces
+from tools.generator_model import EdgeGenerator, MultiScaleDiscriminator
+
+OVAL_ROWS = np.searchsorted(RENDERED_INDICES, FACE_OVAL_POLYGON)
+
+
+def loss_mask(points: np.ndarray, size: int) -> np.ndarray:
+    """Where the loss looks: the face oval, softly widened (it is what gets pasted back)."""
+    m = np.zeros((size, size), np.float32)
+    cv2.fillPoly(m, [np.round(points[OVAL_ROWS] * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
+    m = cv2.GaussianBlur(cv2.dilate(m, np.ones((9, 9), np.uint8)), (0, 0), 3)
+    return np.clip(m, 0, 1)
+
+
+def _decode_and_render(args):
+    path, lo, hi, style = args
+    pack = PackedFaces(path)
+    imgs, conds, masks = [], [], []
+    for i in range(lo, hi):
+        imgs.append(pack.image(i))
+        conds.append(render_conditioning(pack.landmarks[i], CROP_SIZE, style))
+        masks.append((loss_mask(pack.landmarks[i], CROP_SIZE) * 255).astype(np.uint8))
+    return np.stack(imgs), np.stack(conds), np.stack(masks)
+
+
+def load_pack(path: Path, style: str, workers: int, limit: int = 0):
+    n = len(PackedFaces(path))
+    n = min(n, limit) if limit else n
+    step = max(64, math.ceil(n / (workers * 4)))
+    jobs = [(path, lo, min(lo + step, n), style) for lo in range(0, n, step)]
+    with mp.get_context("spawn").Pool(workers) as pool:
+        parts = list(tqdm(pool.imap(_decode_and_render, jobs), total=len(jobs), desc=f"render {path.name}"))
+    return tuple(torch.from_numpy(np.concatenate(p)) for p in zip(*parts))
+
+
+def to_net(x_uint8: torch.Tensor) -> torch.Tensor:
+    return x_uint8.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def jitter(tensors, strength: float):
+    """The same small random similarity warp on every tensor: robustness to alignment noise."""
+    n = tensors[0].shape[0]
+    dev = tensors[0].device
+    ang = (torch.rand(n, device=dev) * 2 - 1) * math.radians(4) * strength
+    scale = 1 + (torch.rand(n, device=dev) * 2 - 1) * 0.05 * strength
+    shift = (torch.rand(n, 2, device=dev) * 2 - 1) * 0.04 * strength
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, tensors[0].shape, align_corners=False)
+    return [F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=False) for t in tensors]
+
+
+def save_grid(path: Path, cond, fake, real):
+    rows = []
+    for c, f, r in zip(cond, fake, real):
+        rows.append(torch.cat([c, f, r], 2))
+    grid = torch.cat(rows, 1)
+    img = ((grid.float().clamp(-1, 1) + 1) * 127.5).byte().permute(1, 2, 0).cpu().numpy()
+    cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=30.0, help="training time budget (data loading not counted)")
+    ap.add_argument("--data", type=Path, default=CACHE, help="folder with faces128_train.npz (and _heldout.npz for samples)")
+    ap.add_argument("--run", type=Path, default=Path("runs/generator"))
+    ap.add_argument("--init", type=Path, help="start G from this generator_ema.pt when the run has no state yet")
+    ap.add_argument("--batch", type=int, default=0, help="default: 64 on CUDA, 16 on CPU")
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--l1", type=float, default=100.0)
+    ap.add_argument("--fm", type=float, default=10.0, help="discriminator feature-matching weight")
+    ap.add_argument("--style", default="contours")
+    ap.add_argument("--workers", type=int, default=max(1, min(16, mp.cpu_count())))
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N training faces (smoke runs)")
+    ap.add_argument("--checkpoint-minutes", type=float, default=2.0)
+    args = ap.parse_args(argv)
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    batch = args.batch or (64 if dev.type == "cuda" else 16)
+    args.run.mkdir(parents=True, exist_ok=True)
+
+    imgs, conds, masks = (t.to(dev) for t in load_pack(args.data / f"faces{CROP_SIZE}_train.npz", args.style, args.workers, args.limit))
+    held = args.data / f"faces{CROP_SIZE}_heldout.npz"
+    if held.exists():
+        s_imgs, s_conds, _ = (t.to(dev) for t in load_pack(held, args.style, 1, 8))
+    else:
+        s_imgs, s_conds = imgs[:8], conds[:8]
+    n = imgs.shape[0]
+    print(f"{n} training faces on {dev}, batch {batch}")
+
+    G = EdgeGenerator().to(dev).to(memory_format=torch.channels_last)
+    D = MultiScaleDiscriminator().to(dev).to(memory_format=torch.channels_last)
+    G_ema = EdgeGenerator().to(dev).eval()
+    optG = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999))
+    optD = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(0.5, 0.999))
+    step, trained_s = 0, 0.0
+    state_path = args.run / "state.pt"
+    if state_path.exists():
+        st = torch.load(state_path, map_location=dev)
+        G.load_state_dict(st["G"]); D.load_state_dict(st["D"]); G_ema.load_state_dict(st["G_ema"])
+        optG.load_state_dict(st["optG"]); optD.load_state_dict(st["optD"])
+        step, trained_s = st["step"], st.get("trained_s", 0.0)
+        print(f"resumed {state_path} at step {step} ({trained_s / 60:.1f} min trained)")
+    else:
+        if args.init:
+            w = {k: v.float() for k, v in torch.load(args.init, map_location=dev).items()}
+            G.load_state_dict(w)
+            print(f"initialised G from {args.init}")
+        G_ema.load_state_dict(G.state_dict())
+    for p in G_ema.parameters():
+        p.requires_grad_(False)
+
+    amp = dict(device_type="cuda", dtype=torch.bfloat16) if dev.type == "cuda" else dict(device_type="cpu", enabled=False)
+    budget = args.minutes * 60
+    start_step = step
+    t_start = time.time()
+    last_ckpt = t_start
+    log = open(args.run / "log.jsonl", "a")
+
+    def checkpoint(final=False):
+        torch.save({"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(), "optG": optG.state_dict(),
+                    "optD": optD.state_dict(), "step": step, "trained_s": trained_s + time.time() - t_start,
+                    "args": {k: str(v) for k, v in vars(args).items()}}, args.run / "state.pt.tmp")
+        (args.run / "state.pt.tmp").replace(state_path)
+        torch.save({k: v.half() if v.is_floating_point() else v for k, v in G_ema.state_dict().items()}, args.run / "generator_ema.pt")
+        with torch.no_grad():
+            save_grid(args.run / ("samples_final.png" if final else f"samples_{step:07d}.png"),
+                      to_net(s_conds), G_ema(to_net(s_conds)), to_net(s_imgs))
+
+    ema_params, g_params = list(G_ema.parameters()), [p.detach() for p in G.parameters()]
+    ema_buffers, g_buffers = list(G_ema.buffers()), list(G.buffers())
+    bar = tqdm(total=int(budget), unit="s", desc="train", bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}s {postfix}")
+    ema_decay = 0.999
+    while (elapsed := time.time() - t_start) < budget:
+        # Linear decay over the last half of this run's budget settles the GAN before export.
+        lr = args.lr * min(1.0, 2.0 * (1.0 - elapsed / budget))
+        for opt in (optG, optD):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        idx = torch.randint(0, n, (batch,), device=dev)
+        cond, real, mask = to_net(conds[idx]), to_net(imgs[idx]), masks[idx][:, None].float() / 255
+        cond, real, mask = jitter([cond, real, mask], 1.0)
+        cond = cond.contiguous(memory_format=torch.channels_last)
+        real = real.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(**amp):
+            fake = G(cond)
+            comp = mask * fake + (1 - mask) * real
+            # D step: real vs. the composite a viewer would see (synthetic oval in a real frame).
+            d_real = D(cond, real)
+            d_fake = D(cond, comp.detach())
+            loss_d = sum(F.mse_loss(r[0].float(), torch.ones_like(r[0].float())) + F.mse_loss(f[0].float(), torch.zeros_like(f[0].float()))
+                         for r, f in zip(d_real, d_fake)) * 0.5
+        optD.zero_grad(set_to_none=True)
+        loss_d.backward()
+        optD.step()
+        with torch.autocast(**amp):
+            d_fake = D(cond, comp)
+            adv = sum(F.mse_loss(f[0].float(), torch.ones_like(f[0].float())) for f in d_fake)
+            fm = sum(F.l1_loss(ff.float(), rf.detach().float()) for f, r in zip(d_fake, d_real) for ff, rf in zip(f[1], r[1]))
+            weight = 0.1 + 0.9 * mask
+            l1 = (weight * (fake.float() - real.float()).abs()).mean() / weight.mean()
+            loss_g = adv + args.fm * fm + args.l1 * l1
+        optG.zero_grad(set_to_none=True)
+        loss_g.backward()
+        optG.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, g_params, 1 - ema_decay)
+            torch._foreach_copy_(ema_buffers, g_buffers)
+        step += 1
+        if step % 50 == 0:
+            rec = {"step": step, "t": round(trained_s + time.time() - t_start, 1), "loss_d": float(loss_d), "adv": float(adv),
+                   "fm": float(fm), "l1": float(l1), "d_real": float(sum(r[0].float().mean() for r in d_real) / 2),
+                   "d_fake": float(sum(f[0].float().mean() for f in d_fake) / 2), "lr": lr,
+                   "samples_per_s": round((step - start_step) * batch / max(1e-6, time.time() - t_start), 1)}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            bar.n = int(time.time() - t_start)
+            bar.set_postfix(step=step, D=f"{rec['loss_d']:.3f}", L1=f"{rec['l1']:.4f}", refresh=True)
+        if time.time() - last_ckpt > args.checkpoint_minutes * 60:
+            checkpoint()
+            last_ckpt = time.time()
+    bar.close()
+    checkpoint(final=True)
+    print(f"stopped at step {step}, {(trained_s + time.time() - t_start) / 60:.1f} min trained in total; {args.run}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
