@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -35,8 +35,105 @@ class AnonymizerConfig(Section):
     models_dir: Path | None = Field(None, description="folder with SHA256SUMS and the model files")
 
 
+class CaptureConfig(Section):
+    """Where frames come from (see agent/capture.py for the URI forms)."""
+
+    source: str = Field("/dev/video0", description="/dev/videoN, a V4L2 index, a video file, rtsp://, http(s):// MJPEG")
+    width: int = Field(0, ge=0, description="requested width; 0 keeps the source's own")
+    height: int = Field(0, ge=0, description="requested height; 0 keeps the source's own")
+    fps: float = Field(0, ge=0, le=240, description="requested camera rate, or the playback rate of a file; 0 = native")
+    loop: bool = Field(False, description="files only: start again at the end instead of exiting")
+    realtime: bool = Field(True, description="files only: play at the file's frame rate, dropping frames like a camera "
+                                             "(false: hand over every frame, for benchmarks)")
+    reconnect_min_s: float = Field(0.5, gt=0, le=60)
+    reconnect_max_s: float = Field(10.0, gt=0, le=600)
+    read_timeout_s: float = Field(5.0, gt=0, le=120, description="a live source silent this long is reopened")
+
+
+class TlsConfig(Section):
+    enabled: bool = False
+    ca_file: Path | None = Field(None, description="CA bundle for the broker's certificate; None = system CAs")
+    cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
+    key_file: Path | None = Field(None, description="client private key (mutual TLS)")
+    insecure: bool = Field(False, description="skip the broker hostname check (testing only)")
+
+    @model_validator(mode="after")
+    def _pair(self):
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("set both cert_file and key_file for a client certificate, or neither")
+        return self
+
+
+class MqttConfig(Section):
+    host: str = "localhost"
+    port: int = Field(1883, ge=1, le=65535)
+    prefix: str = Field("anoncam", description="topics are <prefix>/<camera>/frame|meta|availability|stats")
+    camera: str = Field("camera", description="this camera's name in the topics")
+    client_id: str = Field("", description="empty: anoncam-<camera>")
+    protocol: Literal["auto", "5", "3.1.1"] = Field("auto", description="auto: MQTT 5, falling back to 3.1.1 if refused")
+    keepalive: int = Field(30, ge=5, le=3600)
+    username: str | None = None
+    password_file: Path | None = Field(None, description="file holding the password (first line)")
+    password_credential: str | None = Field(None, description="systemd credential name, read from $CREDENTIALS_DIRECTORY")
+    tls: TlsConfig = TlsConfig()
+    buffer_frames: int = Field(30, ge=1, le=10000, description="frames kept while the broker is away; oldest dropped")
+    frame_expiry_s: int = Field(5, ge=1, le=3600, description="MQTT 5 message expiry of frames; older buffered frames are dropped")
+    jpeg_quality: int = Field(85, ge=10, le=100)
+    publish_frames: bool = Field(True, description="false: metadata only")
+    reconnect_min_s: float = Field(0.5, gt=0, le=60)
+    reconnect_max_s: float = Field(30.0, gt=0, le=600)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_plain_password(cls, data):
+        if isinstance(data, dict) and "password" in data:
+            raise ValueError("plain-text 'password' is not accepted in YAML: put it in a file readable only by the "
+                             "service and set password_file, or pass a systemd credential and set password_credential")
+        return data
+
+    @field_validator("prefix", "camera")
+    @classmethod
+    def _topic_level(cls, v: str):
+        if not v or any(c in v for c in "#+\0") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("must be a non-empty MQTT topic without wildcards (#, +) or leading/trailing '/'")
+        return v
+
+
+class SmoothingConfig(Section):
+    """One-Euro filter on landmarks, per track (Casiez et al. 2012)."""
+
+    enabled: bool = True
+    min_cutoff: float = Field(1.5, gt=0, description="Hz; lower = steadier still faces")
+    beta: float = Field(0.01, ge=0, description="speed coefficient; higher = less lag when moving")
+    max_offset: float = Field(0.02, ge=0, le=0.1, description="cap on smoothed-vs-detected shift, as a fraction of face "
+                                                              "size, so the pasted face never lags off the real one")
+
+
+class PolicyConfig(Section):
+    """The fail-closed rules for frames that could not be fully anonymized."""
+
+    on_failure: Literal["drop", "mask"] = Field("drop", description="drop the frame, or publish it fully masked")
+    frame_budget_ms: float = Field(1000, gt=0, description="analysis + synthesis slower than this fails the frame")
+    hold_ms: float = Field(500, ge=0, le=10000, description="keep anonymizing a lost face at its last place this long")
+    iou_threshold: float = Field(0.3, gt=0, lt=1, description="box overlap that continues a track")
+    smoothing: SmoothingConfig = SmoothingConfig()
+
+
+class StatsConfig(Section):
+    interval_s: float = Field(10, ge=0.5, le=3600, description="how often the stats topic is published")
+
+
+class ServiceConfig(Section):
+    watchdog_stall_s: float = Field(5, gt=0, le=600, description="stop watchdog pings when no frame came this long")
+
+
 class Config(Section):
     anonymizer: AnonymizerConfig = AnonymizerConfig()
+    capture: CaptureConfig = CaptureConfig()
+    mqtt: MqttConfig = MqttConfig()
+    policy: PolicyConfig = PolicyConfig()
+    stats: StatsConfig = StatsConfig()
+    service: ServiceConfig = ServiceConfig()
 
 
 def load_config(path: str | Path | None, cls=Config):
