@@ -1,0 +1,383 @@
+"""``anoncam run``: the camera agent. Capture -> anonymize -> publish, fail-closed, under systemd.
+
+The processing loop takes the newest frame from :class:`~agent.capture.Capture`, analyses it in
+VIDEO mode, tracks and smooths the faces (:mod:`agent.tracking`), replaces them and hands the
+:class:`~agent.compose.AnonymizedFrame` with its metadata to :class:`~agent.publish.Publisher`.
+
+Fail-closed: a frame is published only if analysis ran on that very frame and every face was
+replaced or masked within the time budget. Otherwise it is dropped, or replaced by a fully masked
+frame (``policy.on_failure``), and the event is counted under ``fail_closed`` in the stats.
+
+Python API (used by ``anoncam demo`` and ``anoncam bench``)::
+
+    agent = Agent(config)          # a Config, a YAML path, or None for the defaults
+    code = agent.run(max_frames=None)   # blocks; 0 at end of file, after max_frames or stop()
+    agent.stop()                   # from another thread or a signal handler
+    agent.stats_snapshot()         # the same dict the stats topic carries
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .capture import Capture, CaptureError, Frame
+from .compose import AnonymizedFrame, mask_everything
+from .config import Config, load_config
+from .errors import AnoncamError, ConfigError
+from .faces import Face
+from .publish import Publisher
+from .service import Notifier
+from .tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+META_SCHEMA = "anoncam.meta/1"
+STATS_SCHEMA = "anoncam.stats/1"
+FAIL_REASONS = ("analysis_error", "synthesis_error", "over_budget", "incomplete")
+STAGES = ("analysis", "tracking", "align", "synthesis", "compose", "encode", "total")
+
+
+def parse_broker(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``HOST`` or ``[IPv6]:PORT``."""
+    host, port = text.strip(), None
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0:
+            raise ConfigError(f"--broker {text!r}: missing ']' after the IPv6 address")
+        host, rest = host[1:end], host[end + 1:]
+        if rest.startswith(":"):
+            port = rest[1:]
+    elif host.count(":") == 1:
+        host, port = host.split(":")
+    if not host:
+        raise ConfigError(f"--broker {text!r}: give HOST:PORT, e.g. localhost:1883")
+    if port is None:
+        return host, 1883
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--broker {text!r}: port must be a number from 1 to 65535")
+    return host, int(port)
+
+
+class Stats:
+    """Counters since start plus per-interval rates and stage times."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.frames = {"processed": 0, "published": 0, "published_masked": 0, "dropped_failed": 0}
+        self.fail_closed = dict.fromkeys(FAIL_REASONS, 0)
+        self.faces = {"replaced": 0, "masked": 0, "held": 0, "frames_with_faces": 0}
+        self._reset_interval(self.started, 0)
+
+    def _reset_interval(self, now: float, read: int):
+        self._t_interval = now
+        self._read_at_interval = read
+        self._published_at_interval = self.frames["published"]
+        self._stage_sum = dict.fromkeys(STAGES, 0.0)
+        self._stage_max = dict.fromkeys(STAGES, 0.0)
+        self._stage_n = dict.fromkeys(STAGES, 0)
+
+    def stage(self, name: str, ms: float):
+        self._stage_sum[name] += ms
+        self._stage_n[name] += 1
+        self._stage_max[name] = max(self._stage_max[name], ms)
+
+    def fail(self, reason: str):
+        self.fail_closed[reason] += 1
+
+    def snapshot(self, capture: Capture | None, publisher: Publisher | None, reset: bool = True) -> dict:
+        now = time.monotonic()
+        dt = max(now - self._t_interval, 1e-6)
+        cap = dict(capture.counters) if capture is not None else {}
+        pub = dict(publisher.counters) if publisher is not None else {}
+        read = cap.get("read", 0)
+        snap = {
+            "schema": STATS_SCHEMA,
+            "timestamp": round(time.time(), 3),
+            "uptime_s": round(now - self.started, 1),
+            "interval_s": round(dt, 2),
+            "fps_in": round((read - self._read_at_interval) / dt, 2),
+            "fps_out": round((self.frames["published"] - self._published_at_interval) / dt, 2),
+            "stage_ms": {k: round(self._stage_sum[k] / self._stage_n[k], 2) for k in STAGES if self._stage_n[k]},
+            "stage_ms_max": {k: round(self._stage_max[k], 2) for k in STAGES if self._stage_n[k]},
+            "frames": {
+                "read": read,
+                **self.frames,
+                "dropped_capture": cap.get("dropped", 0),
+                "dropped_buffer": pub.get("buffer_dropped", 0),
+                "expired_buffer": pub.get("expired", 0),
+                "corrupt": cap.get("corrupt", 0),
+                "sent": pub.get("published", 0),
+            },
+            "fail_closed": {**self.fail_closed, "total": sum(self.fail_closed.values())},
+            "faces": dict(self.faces),
+            "capture": {"connected": bool(capture and capture.connected), "reconnects": cap.get("reconnects", 0),
+                        "open_failures": cap.get("open_failures", 0)},
+            "mqtt": {"connected": bool(publisher and publisher.connected),
+                     "protocol": publisher.protocol if publisher else None,
+                     "connects": pub.get("connects", 0), "connect_failures": pub.get("connect_failures", 0),
+                     "buffered": publisher.buffered if publisher else 0},
+        }
+        if reset:
+            self._reset_interval(now, read)
+        return snap
+
+
+class Agent:
+    def __init__(self, config: Config | str | Path | None = None, source: str | None = None, broker: str | None = None):
+        if config is None:
+            config = Config()
+        elif not isinstance(config, Config):
+            config = load_config(config)
+        if source is not None:
+            config = config.model_copy(update={"capture": config.capture.model_copy(update={"source": str(source)})})
+        self.cfg = config
+        self.broker = parse_broker(broker) if broker else (config.mqtt.host, config.mqtt.port)
+        self._stop = threading.Event()
+        self.stats = Stats()
+        self.capture: Capture | None = None
+        self.publisher: Publisher | None = None
+        self.anonymizer = None
+        self.tracker = Tracker(config.policy)
+        self.notifier = Notifier()
+        self.last_stats: dict | None = None
+
+    def stop(self):
+        """Ask :meth:`run` to finish its current frame and shut down cleanly (thread- and signal-safe)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def stats_snapshot(self, reset: bool = False) -> dict:
+        return self.stats.snapshot(self.capture, self.publisher, reset=reset)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def run(self, max_frames: int | None = None) -> int:
+        """Process frames until end of file, ``max_frames`` processed frames, or :meth:`stop`. Returns the exit code."""
+        restore = self._install_signal_handlers()
+        code = 1
+        try:
+            self.capture = Capture(self.cfg.capture)
+            self.publisher = Publisher(self.cfg.mqtt, *self.broker)
+            self.notifier.status("loading models")
+            from .pipeline import Anonymizer
+
+            self.anonymizer = Anonymizer(self.cfg.anonymizer, mode="video")
+            self._warm_up()
+            self.publisher.start()
+            self.capture.start()
+            self.notifier.ready(f"streaming {self.capture.source.uri}")
+            log.info("agent running: %s -> mqtt://%s:%d/%s/%s", self.capture.source.uri, *self.broker,
+                     self.cfg.mqtt.prefix, self.cfg.mqtt.camera)
+            code = self._loop(max_frames)
+        finally:
+            self.notifier.stopping("shutting down")
+            self._shutdown()
+            for sig, handler in restore:
+                signal.signal(sig, handler)
+        return code
+
+    def _install_signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        restore = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            restore.append((sig, signal.getsignal(sig)))
+            signal.signal(sig, lambda *_: self.stop())
+        return restore
+
+    def _warm_up(self):
+        """First inferences are slow (graph init, JIT): pay that before READY, not on the first frame."""
+        w = self.cfg.capture.width or 640
+        h = self.cfg.capture.height or 480
+        self.anonymizer.analyze(np.full((h, w, 3), 128, np.uint8), 0)
+        size = self.anonymizer.synthesizer.size
+        for batch in (1, 2):
+            self.anonymizer.backend.infer(np.zeros((batch, 3, size, size), np.float32))
+
+    def _shutdown(self):
+        if self.capture is not None:
+            self.capture.stop()
+        if self.publisher is not None:
+            self.last_stats = self.stats_snapshot(reset=True)
+            self.publisher.publish_stats(self.last_stats)
+            self.publisher.close()
+        if self.anonymizer is not None:
+            self.anonymizer.close()
+            self.anonymizer = None
+        self.notifier.close()
+
+    def _loop(self, max_frames: int | None) -> int:
+        cfg = self.cfg
+        t0 = time.monotonic()
+        next_stats = t0 + cfg.stats.interval_s
+        last_frame = t0
+        processed = 0
+        while not self._stop.is_set():
+            frame = self.capture.get(timeout=0.25)
+            now = time.monotonic()
+            if now >= next_stats:
+                next_stats = now + cfg.stats.interval_s
+                self._publish_stats()
+            if frame is None:
+                if self.capture.ended:
+                    if self.capture.error:
+                        raise CaptureError(self.capture.error)
+                    log.info("end of %s after %d frames", self.capture.source.uri, processed)
+                    return 0
+                if now - last_frame < cfg.service.watchdog_stall_s:
+                    self.notifier.watchdog(now)
+                continue
+            self.process(frame, t0)
+            processed += 1
+            last_frame = time.monotonic()
+            self.notifier.watchdog(last_frame)
+            if max_frames is not None and processed >= max_frames:
+                break
+        return 0
+
+    def _publish_stats(self):
+        snap = self.stats.snapshot(self.capture, self.publisher)
+        self.last_stats = snap
+        self.publisher.publish_stats(snap)
+        self.notifier.status(
+            f"{snap['fps_in']:.1f} fps in, {snap['fps_out']:.1f} out; fail-closed {snap['fail_closed']['total']}; "
+            f"mqtt {'up' if snap['mqtt']['connected'] else 'down'}"
+        )
+
+    # -- one frame ------------------------------------------------------------------------------
+
+    def process(self, frame: Frame, t0: float = 0.0) -> bool:
+        """Anonymize and queue one frame; False if it was failed closed."""
+        stats, policy = self.stats, self.cfg.policy
+        stats.frames["processed"] += 1
+        start = time.perf_counter()
+        budget_s = policy.frame_budget_ms / 1000.0
+        rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)
+        ts_ms = int((frame.monotonic - t0) * 1000) + 1
+        try:
+            faces = self.anonymizer.analyze(rgb, ts_ms)
+        except Exception as exc:  # AnalysisFailed or anything else: this frame was not analysed
+            log.warning("analysis failed on frame %d: %s", frame.seq, exc)
+            return self._fail(rgb, frame, "analysis_error")
+        t_analysis = time.perf_counter()
+        if t_analysis - start > budget_s:
+            return self._fail(rgb, frame, "over_budget")
+        faces, held = self.tracker.update(faces, frame.monotonic)
+        t_track = time.perf_counter()
+        try:
+            result, jobs, timings = self.anonymizer.anonymize(rgb, faces)
+        except Exception as exc:
+            log.warning("synthesis failed on frame %d: %s", frame.seq, exc)
+            return self._fail(rgb, frame, "synthesis_error")
+        t_anon = time.perf_counter()
+        if t_anon - start > budget_s:
+            return self._fail(rgb, frame, "over_budget")
+        if not _complete(result, jobs, rgb.shape):
+            return self._fail(rgb, frame, "incomplete")
+        meta = self.build_meta(frame, rgb, faces, jobs)
+        self.publisher.publish(result, meta, frame.seq, frame.wall)
+        end = time.perf_counter()
+
+        stats.frames["published"] += 1
+        stats.faces["replaced"] += result.faces_replaced
+        stats.faces["masked"] += result.faces_masked
+        stats.faces["held"] += held
+        stats.faces["frames_with_faces"] += bool(faces)
+        stats.stage("analysis", (t_analysis - start) * 1e3)
+        stats.stage("tracking", (t_track - t_analysis) * 1e3)
+        for name in ("align", "synthesis", "compose"):
+            stats.stage(name, timings[f"{name}_ms"])
+        stats.stage("encode", (end - t_anon) * 1e3)
+        stats.stage("total", (end - start) * 1e3)
+        return True
+
+    def _fail(self, rgb: np.ndarray, frame: Frame, reason: str) -> bool:
+        self.stats.fail(reason)
+        if self.cfg.policy.on_failure == "mask":
+            meta = self.build_meta(frame, rgb, [], [], status="masked", reason=reason)
+            self.publisher.publish(mask_everything(rgb), meta, frame.seq, frame.wall)
+            self.stats.frames["published"] += 1
+            self.stats.frames["published_masked"] += 1
+        else:
+            self.stats.frames["dropped_failed"] += 1
+        return False
+
+    # -- metadata -------------------------------------------------------------------------------
+
+    def build_meta(self, frame: Frame, rgb: np.ndarray, faces: list[Face], jobs, status: str = "anonymized",
+                   reason: str | None = None) -> dict:
+        h, w = rgb.shape[:2]
+        meta = {
+            "schema": META_SCHEMA,
+            "camera": self.cfg.mqtt.camera,
+            "frame_id": frame.seq,
+            "timestamp": round(frame.wall, 3),
+            "width": w,
+            "height": h,
+            "status": status,
+            "faces": self.describe_faces(rgb, faces, jobs),
+        }
+        if reason is not None:
+            meta["reason"] = reason
+        return meta
+
+    def describe_faces(self, rgb: np.ndarray, faces: list[Face], jobs) -> list[dict]:
+        """Per-face metadata: the one place that decides what a subscriber learns about each face."""
+        h, w = rgb.shape[:2]
+        replaced = {id(j.face): j.generated is not None for j in jobs}
+        out = []
+        for face in faces:
+            x0, y0, x1, y1 = face.box
+            pose = face.head_pose()
+            out.append({
+                "track_id": face.track_id,
+                "box": [round(max(0.0, x0), 1), round(max(0.0, y0), 1), round(min(float(w), x1), 1), round(min(float(h), y1), 1)],
+                "held": bool(face.extra.get("held", False)),
+                "replaced": replaced.get(id(face), False),
+                "blendshapes": {k: round(v, 4) for k, v in face.blendshapes.items()} if face.blendshapes else None,
+                "head_pose": {k: round(v, 2) for k, v in pose.items()} if pose else None,
+            })
+        return out
+
+
+def _complete(result: AnonymizedFrame, jobs, shape) -> bool:
+    """Every face that touches the frame was replaced or masked (compose skips only off-frame faces)."""
+    h, w = shape[:2]
+    on_frame = sum(1 for j in jobs if j.face.box[2] > 0 and j.face.box[3] > 0 and j.face.box[0] < w and j.face.box[1] < h)
+    return result.faces >= on_frame
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+def register(sub):
+    p = sub.add_parser("run", help="run the camera agent: capture, anonymize, publish over MQTT",
+                       description="Read a camera (or a file or stream), replace every face and publish only anonymized "
+                                   "frames and metadata over MQTT. Flags override the config file.")
+    p.add_argument("--config", type=Path, help="YAML config (default: built-in defaults, see config/agent.yaml)")
+    p.add_argument("--source", help="camera/file/stream URI, overrides capture.source")
+    p.add_argument("--broker", help="HOST:PORT, overrides mqtt.host and mqtt.port")
+    p.add_argument("--max-frames", type=int, help="stop after this many processed frames")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.max_frames is not None and args.max_frames < 1:
+        raise AnoncamError("--max-frames must be at least 1")
+    agent = Agent(args.config, source=args.source, broker=args.broker)
+    code = agent.run(max_frames=args.max_frames)
+    if agent.last_stats:
+        s = agent.last_stats
+        log.info("frames read %d, published %d (%d masked), fail-closed %d, dropped by capture %d, by buffer %d",
+                 s["frames"]["read"], s["frames"]["published"], s["frames"]["published_masked"],
+                 s["fail_closed"]["total"], s["frames"]["dropped_capture"], s["frames"]["dropped_buffer"])
+    return code
