@@ -1,0 +1,92 @@
+"""Generator speed: the shipped INT8 generator vs GANonymization's unet_256, same process, same runtime.
+
+    python -m tools.bench_generator            # -> reports/bench_generator.json
+
+unet_256 (pix2pix, 54M parameters, 256 px, FP32, untrained weights: speed does not depend on them)
+is exported to ONNX in a temporary folder and timed on ONNX Runtime and OpenVINO beside our models.
+Median of --runs single-face (batch 1) calls after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tools.export_generator import ROOT, export_onnx
+from tools.generator_model import count_macs, unet_256
+
+
+def timed(fn, runs: int) -> float:
+    for _ in range(5):
+        fn()
+    samples = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(samples)
+
+
+def ort_runner(path: Path, size: int):
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
+    return lambda: s.run(None, {name: x})
+
+
+def ov_runner(path: Path, size: int):
+    import openvino as ov
+
+    c = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+    req = c.create_infer_request()
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
+    return lambda: req.infer([x])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--models", type=Path, default=ROOT / "models")
+    ap.add_argument("--report", type=Path, default=ROOT / "reports/bench_generator.json")
+    args = ap.parse_args(argv)
+
+    from tools.generator_model import EdgeGenerator
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = unet_256().eval()
+        ref_onnx = Path(tmp) / "unet_256.onnx"
+        with torch.no_grad():
+            export_onnx(ref, ref_onnx, size=256)
+        results = {
+            "unet_256_fp32": {
+                "gmac": round(count_macs(ref, 256) / 1e9, 2),
+                "onnxruntime_ms": timed(ort_runner(ref_onnx, 256), args.runs),
+                "openvino_ms": timed(ov_runner(ref_onnx, 256), args.runs),
+            },
+            "edge_generator_int8": {
+                "gmac": round(count_macs(EdgeGenerator(), 128) / 1e9, 3),
+                "onnxruntime_ms": timed(ort_runner(args.models / "generator.int8.onnx", 128), args.runs),
+                "openvino_ms": timed(ov_runner(args.models / "generator.int8.xml", 128), args.runs),
+            },
+        }
+    for rt in ("onnxruntime", "openvino"):
+        results[f"speedup_{rt}"] = round(results["unet_256_fp32"][f"{rt}_ms"] / results["edge_generator_int8"][f"{rt}_ms"], 1)
+    results["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
