@@ -11,6 +11,7 @@ faces by the runtime renderer. Rerunning overwrites the outputs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -136,10 +137,11 @@ def main(argv=None):
     test = conditioning_batch(args.data / f"faces{CROP_SIZE}_heldout.npz", 64, seed=1)
 
     onnx_int8 = MODELS / f"{args.name}.int8.onnx"
-    quantize_ort(fp32, onnx_int8, calib)
-    print(f"ONNX Runtime INT8 (QDQ) -> {onnx_int8}")
     ov_xml = MODELS / f"{args.name}.int8.xml"
-    quantize_openvino(fp32, ov_xml, calib)
+    with contextlib.chdir(work):  # the quantizers drop temporary files into the working directory
+        quantize_ort(fp32, onnx_int8, calib)
+        print(f"ONNX Runtime INT8 (QDQ) -> {onnx_int8}")
+        quantize_openvino(fp32, ov_xml, calib)
     print(f"OpenVINO INT8 (NNCF) -> {ov_xml}")
     update_sums([onnx_int8.name, ov_xml.name, ov_xml.with_suffix(".bin").name])
 
