@@ -1,0 +1,154 @@
+"""tools.evaluate: the metric math on synthetic descriptors, the judges' preprocessing, and the judges
+themselves on scikit-image's public-domain astronaut (no dataset needed)."""
+
+from __future__ import annotations
+
+import json
+from argparse import Namespace
+
+import cv2
+import numpy as np
+import pytest
+
+from tools import evaluate as ev
+
+
+def _unit(v):
+    v = np.asarray(v, np.float64)
+    return v / np.linalg.norm(v)
+
+
+def test_verification_rate_counts_pairs_under_threshold():
+    rng = np.random.default_rng(1)
+    orig = rng.normal(size=(4, 128))
+    step = _unit(rng.normal(size=128))
+    anon = orig + np.array([0.1, 0.59, 0.61, 2.0])[:, None] * step
+    assert ev.verification_rate(anon, orig) == pytest.approx(0.5)
+    assert ev.verification_rate(anon, orig, threshold=0.7) == pytest.approx(0.75)
+    assert np.isnan(ev.verification_rate(np.zeros((0, 128)), np.zeros((0, 128))))
+
+
+def test_rank1_uses_only_the_other_photos():
+    # Identity A's photos: a1 at the origin, a2 far away. B's photo sits between them.
+    gallery = np.array([[0.0, 0.0], [10.0, 0.0], [3.0, 0.0]])
+    g_ids, g_keys = ["A", "A", "B"], ["a1", "a2", "b1"]
+    # The anonymized a1 is unchanged: its own original must not count, so B is its nearest neighbour.
+    assert ev.rank1_identification(np.array([[0.0, 0.0]]), ["A"], ["a1"], gallery, g_ids, g_keys) == 0.0
+    # Moved close to A's other photo, it is identified.
+    assert ev.rank1_identification(np.array([[9.0, 0.0]]), ["A"], ["a1"], gallery, g_ids, g_keys) == 1.0
+    q = np.array([[0.0, 0.0], [9.0, 0.0], [3.1, 0.0]])
+    assert ev.rank1_identification(q, ["A", "A", "B"], ["a1", "x", "b1"], gallery, g_ids, g_keys) == pytest.approx(1 / 3)
+
+
+def test_rank1_on_random_descriptors_is_near_chance():
+    rng = np.random.default_rng(0)
+    ids = np.repeat(np.arange(40), 30).astype(str)
+    keys = np.arange(1200).astype(str)
+    gallery = rng.normal(size=(1200, 128))
+    queries = rng.normal(size=(1200, 128))  # no identity information at all
+    r = ev.rank1_identification(queries, ids, keys, gallery, ids, keys)
+    assert 0.005 < r < 0.06
+    clustered = np.repeat(rng.normal(size=(40, 128)) * 5, 30, axis=0)
+    assert ev.rank1_identification(clustered + queries * 0.1, ids, keys, clustered + gallery * 0.1, ids, keys) == 1.0
+
+
+@pytest.mark.parametrize("shape", [(48, 48), (192, 192), (192, 192, 3), (64, 64), (30, 40, 3)])
+def test_judge_input_shape_and_range(shape):
+    img = np.zeros(shape, np.uint8)
+    img[: shape[0] // 2] = 255
+    x = ev.judge_input(img)
+    assert x.shape == (1, 64, 64, 1) and x.dtype == np.float32
+    assert x.min() == pytest.approx(-1.0) and x.max() == pytest.approx(1.0)
+
+
+def test_judge_input_treats_grey_and_rgb_alike():
+    grey = (np.arange(192 * 192) % 251).reshape(192, 192).astype(np.uint8)
+    rgb = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
+    np.testing.assert_allclose(ev.judge_input(grey), ev.judge_input(rgb), atol=1e-6)
+
+
+def test_stratified_sample_is_proportional_and_fixed_by_seed():
+    labels = ["happy"] * 600 + ["sad"] * 300 + ["disgust"] * 100
+    a = ev.stratified_sample(labels, 100, seed=3)
+    assert len(set(a.tolist())) == len(a) == 100
+    picked = np.array(labels)[a]
+    assert (picked == "happy").sum() == 60 and (picked == "disgust").sum() == 10
+    np.testing.assert_array_equal(a, ev.stratified_sample(labels, 100, seed=3))
+    assert not np.array_equal(a, ev.stratified_sample(labels, 100, seed=4))
+    assert len(ev.stratified_sample(labels, 0, seed=3)) == 1000
+
+
+def test_spread_limit_covers_every_identity_first():
+    items = [(f"celeb_{k}/{j}.jpg", f"celeb_{k}") for k in (0, 4, 8) for j in range(5)]
+    got = ev.spread_limit(items, 4)
+    assert [i for _, i in got] == ["celeb_0", "celeb_4", "celeb_8", "celeb_0"]
+    assert ev.spread_limit(items, 0) == items
+
+
+def test_summary_table_merges_runs(tmp_path):
+    for name, reid in (("anoncam", 0.108), ("blur", 0.026)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps({
+            "name": name, "method": name, "settings": {"backend_class": "OpenVinoBackend"},
+            "identity": {"reid_rate": reid, "rank1": 0.23, "faces_kept": 0.95, "scored": 1194},
+            "expression": {"agreement": None, "scored": 900},
+        }))
+    table = ev.summary_table([tmp_path / "anoncam", tmp_path / "blur" / "metrics.json"])
+    lines = table.splitlines()
+    assert lines[2].startswith("| anoncam | anoncam (OpenVinoBackend) | 10.8 % | 23.0 % | 95.0 % | n/a | 1194 / 900 |")
+    assert "| blur | blur | 2.6 %" in lines[3]
+    assert lines[-1].startswith("| target")
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    data = pytest.importorskip("skimage.data")
+    return np.ascontiguousarray(data.astronaut())
+
+
+def test_region_baselines_change_only_the_face(astronaut):
+    for kind in ("blur", "pixelate"):
+        method = ev.RegionMethod(Namespace(method=kind, blur_sigma=0.1, pixel_blocks=10))
+        try:
+            out = method(astronaut)
+        finally:
+            method.close()
+        assert out.faces == 1
+        changed = np.any(out.pixels != astronaut, axis=2)
+        region = out.conditioning[..., 0] > 0
+        assert changed.sum() > 0.5 * region.sum()
+        assert not changed[~region].any()
+        x0, y0, x1, y1 = (int(v) for v in out.face_box)
+        assert region[(y0 + y1) // 2, (x0 + x1) // 2]
+
+
+def test_dlib_judge_on_astronaut(astronaut):
+    pytest.importorskip("dlib")
+    pytest.importorskip("face_recognition_models")
+    rec = ev.DlibRecognizer()
+    # Her face is the upper of the HOG detector's hits (it also fires on the suit's flag patch).
+    box = min(rec.detect(astronaut), key=lambda b: b[1])
+    assert 150 < (box[0] + box[2]) / 2 < 300 and (box[1] + box[3]) / 2 < 200
+    d = rec.describe(astronaut, box)
+    assert d.shape == (128,) and np.isfinite(d).all()
+    # The same person, mirrored, is the same person; a flat grey patch over the face is not.
+    flipped = np.ascontiguousarray(astronaut[:, ::-1])
+    fbox = min(rec.detect(flipped), key=lambda b: b[1])
+    assert np.linalg.norm(rec.describe(flipped, fbox) - d) < ev.DLIB_THRESHOLD
+    grey = astronaut.copy()
+    x0, y0, x1, y1 = box
+    grey[y0:y1, x0:x1] = 128
+    assert all(ev.box_iou(b, box) < 0.3 for b in rec.detect(grey))
+    assert np.linalg.norm(rec.describe(grey, box) - d) > ev.DLIB_THRESHOLD
+
+
+def test_expression_judge_runs_on_a_face(astronaut):
+    if not ev.JUDGE_MODEL.is_file():
+        pytest.skip(f"{ev.JUDGE_MODEL} not present (it ships in shared/models)")
+    judge = ev.ExpressionJudge()
+    face = astronaut[20:230, 140:330]
+    p = judge.probabilities(face)
+    assert p.shape == (len(ev.JUDGE_LABELS),) and np.isfinite(p).all()
+    assert judge.label(face) in ev.JUDGE_LABELS
+    assert judge.label(face) == judge.label(cv2.cvtColor(cv2.cvtColor(face, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB))
