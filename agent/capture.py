@@ -117,17 +117,17 @@ class Capture:
         self.native_fps: float | None = None
         self.connected = False
         self.counters = {"read": 0, "dropped": 0, "corrupt": 0, "reconnects": 0, "open_failures": 0}
+        if self.source.kind == "file":
+            # Fail now, with a clear message, rather than as a silent end of file later.
+            cap = self._opener(self.source, self.cfg)
+            ok = cap.isOpened() and cap.read()[0]
+            cap.release()
+            if not ok:
+                raise CaptureError(f"{self.source.uri} is not a video OpenCV can read (corrupt, or an unsupported codec)")
 
     # -- consumer side -------------------------------------------------------------------------
 
     def start(self) -> "Capture":
-        if self.source.kind == "file":
-            # Fail at start, with a clear message, rather than as a silent EOF later.
-            cap = self._opener(self.source, self.cfg)
-            ok = cap.isOpened()
-            cap.release()
-            if not ok:
-                raise CaptureError(f"{self.source.uri} is not a video OpenCV can read (corrupt, or an unsupported codec)")
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
         self._thread.start()
         return self
