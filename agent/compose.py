@@ -89,28 +89,36 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 
 
-def compose(frame: np.ndarray, jobs: list[FaceJob], feather: float = 0.06, tone_match: str = "luminance") -> AnonymizedFrame:
+def compose(frame: np.ndarray, jobs: list[FaceJob], feather: float = 0.06, tone_match: str = "luminance",
+            mask_boxes=()) -> AnonymizedFrame:
     """Blend every job's face into a copy of ``frame`` (RGB, uint8 or uint16).
 
     Faces are drawn far-to-near (small to large), so the nearer of two overlapping faces is on top.
+    ``mask_boxes`` are faces found without landmarks: each is covered by a grey ellipse.
     """
-    out = frame.astype(np.float32)
+    out = frame.copy()
     peak = float(np.iinfo(frame.dtype).max) if frame.dtype.kind in "ui" else 255.0
     scale = peak / 255.0
     replaced = masked = 0
+    for x0, y0, x1, y1 in mask_boxes:
+        # The detector's box is tight around eyes-to-mouth; grow it to cover the whole head.
+        cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * 0.8, (y1 - y0) * 0.95
+        cv2.ellipse(out, (round(cx), round(cy - 0.1 * ry)), (max(1, round(rx)), max(1, round(ry))), 0, 0, 360,
+                    (MASK_GREY * scale,) * 3, -1)
+        masked += 1
     for job in sorted(jobs, key=lambda j: j.face.size):
         region = face_region(job, frame.shape, feather)
         if region is None:
             continue
         bh, bw = region.alpha.shape
-        box = out[region.y0:region.y0 + bh, region.x0:region.x0 + bw]
-        a = region.alpha[..., None]
+        view = out[region.y0:region.y0 + bh, region.x0:region.x0 + bw]
         if job.generated is None:
             # Masking: a hard-edged flat fill, no feathering that could let face pixels through.
-            hard = (region.alpha > 0.01)[..., None]
-            box[:] = np.where(hard, MASK_GREY * scale, box)
+            view[region.alpha > 0.01] = MASK_GREY * scale
             masked += 1
             continue
+        box = view.astype(np.float32)
+        a = region.alpha[..., None]
         gen = cv2.warpAffine(job.generated, region.matrix, (bw, bh), flags=cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_REPLICATE).astype(np.float32) * scale
         if tone_match == "luminance":
@@ -120,10 +128,9 @@ def compose(frame: np.ndarray, jobs: list[FaceJob], feather: float = 0.06, tone_
                 dst = (_luminance(gen) * region.alpha).sum() / weight
                 if dst > 1e-3:
                     gen *= np.clip(src / dst, 0.5, 2.0)
-        box[:] = box * (1 - a) + gen * a
+        view[:] = np.clip(box * (1 - a) + gen * a + 0.5, 0, peak).astype(frame.dtype)
         replaced += 1
-    result = np.clip(out + 0.5, 0, peak).astype(frame.dtype)
-    return AnonymizedFrame(_TOKEN, result, replaced, masked)
+    return AnonymizedFrame(_TOKEN, out, replaced, masked)
 
 
 def mask_everything(frame: np.ndarray) -> AnonymizedFrame:

@@ -27,6 +27,10 @@ class AnonymizerConfig(Section):
     generator: str = Field("generator.int8", description="model base name in the models folder")
     max_faces: int = Field(8, ge=1, le=64)
     min_detection_confidence: float = Field(0.5, gt=0, lt=1)
+    full_range: bool = Field(
+        True, description="also run the full-range detector, for faces too small or far for the landmarker's own"
+    )
+    full_range_threshold: float = Field(0.5, gt=0, lt=1)
     max_analysis_side: int = Field(1920, ge=256, description="larger frames are downscaled for analysis only")
     tone_match: Literal["none", "luminance"] = Field(
         "luminance", description="scale the synthetic face's brightness to the scene (never its colour)"
@@ -127,8 +131,26 @@ class ServiceConfig(Section):
     watchdog_stall_s: float = Field(5, gt=0, le=600, description="stop watchdog pings when no frame came this long")
 
 
+class ExpressionConfig(Section):
+    """Per-face expression metadata: emotion classifier, blendshapes, head pose (agent.expression)."""
+
+    enabled: bool = Field(True, description="compute and publish expression metadata for every face")
+    backend: Literal["openvino", "onnxruntime", "auto"] = "auto"
+    device: str = Field("CPU", description="OpenVINO device: CPU, GPU, NPU (ignored by onnxruntime)")
+    threads: int = Field(0, ge=0, description="inference threads; 0 lets the runtime decide")
+    classifier: str = Field("emotion.int8", description="emotion CNN base name in the models folder")
+    geometry_model: str | None = Field(None, description="optional blendshape+landmark model fused with the CNN")
+    geometry_weight: float = Field(0.0, ge=0, le=2, description="weight of the geometry model's log-probabilities")
+    flip_tta: bool = Field(True, description="average the classifier over the face and its mirror image")
+    check_anonymized: bool = Field(True, description="classify each synthetic face too and report expression_kept")
+    smoothing: float = Field(0.0, ge=0, lt=1, description="per-track EMA weight of the newest frame for scores and "
+                                                          "head pose in streams; 0 turns smoothing off")
+    models_dir: Path | None = Field(None, description="folder with SHA256SUMS and the model files")
+
+
 class Config(Section):
     anonymizer: AnonymizerConfig = AnonymizerConfig()
+    expression: ExpressionConfig = ExpressionConfig()
     capture: CaptureConfig = CaptureConfig()
     mqtt: MqttConfig = MqttConfig()
     policy: PolicyConfig = PolicyConfig()

@@ -36,6 +36,7 @@ class Result:
     faces: list[Face]
     jobs: list[FaceJob]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    unmeshed: list[np.ndarray] = field(default_factory=list)  # faces found without landmarks (masked)
 
 
 class Anonymizer:
@@ -45,27 +46,32 @@ class Anonymizer:
         self.cfg = cfg = cfg or AnonymizerConfig()
         self.analyzer = FaceAnalyzer(
             max_faces=cfg.max_faces, mode=mode, min_detection_confidence=cfg.min_detection_confidence,
-            model_folder=cfg.models_dir,
+            model_folder=cfg.models_dir, full_range=cfg.full_range, full_range_threshold=cfg.full_range_threshold,
         )
         self.backend = create_backend(cfg.backend, cfg.generator, cfg.models_dir, cfg.device, cfg.threads)
         self.synthesizer = Synthesizer(self.backend)
 
     def analyze(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> list[Face]:
-        """All faces in ``rgb`` (any bit depth), in full-resolution pixel coordinates."""
+        """All faces with landmarks in ``rgb`` (any bit depth), in full-resolution pixel coordinates."""
+        return self.analyze_all(rgb, timestamp_ms)[0]
+
+    def analyze_all(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> tuple[list[Face], list[np.ndarray]]:
+        """(faces with landmarks, boxes of faces found without them), in full-resolution pixels."""
         rgb8 = to_rgb8(rgb)
         h, w = rgb8.shape[:2]
         scale = min(1.0, self.cfg.max_analysis_side / max(h, w))
         small = rgb8 if scale == 1.0 else cv2.resize(rgb8, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
         try:
-            faces = self.analyzer.detect(small, timestamp_ms)
+            faces, unmeshed = self.analyzer.detect_all(small, timestamp_ms)
         except Exception as exc:
             raise AnalysisFailed(f"face analysis failed: {exc}") from exc
         if scale != 1.0:
             for f in faces:
                 f.landmarks = f.landmarks / scale
-        return faces
+            unmeshed = [b / scale for b in unmeshed]
+        return faces, unmeshed
 
-    def anonymize(self, rgb: np.ndarray, faces: list[Face]) -> tuple[AnonymizedFrame, list[FaceJob], dict]:
+    def anonymize(self, rgb: np.ndarray, faces: list[Face], unmeshed=()) -> tuple[AnonymizedFrame, list[FaceJob], dict]:
         t0 = time.perf_counter()
         jobs = []
         for face in faces:
@@ -78,17 +84,17 @@ class Anonymizer:
         t1 = time.perf_counter()
         self.synthesizer.run([j for j in jobs if j.error is None])
         t2 = time.perf_counter()
-        frame = compose(rgb, jobs, self.cfg.feather, self.cfg.tone_match)
+        frame = compose(rgb, jobs, self.cfg.feather, self.cfg.tone_match, unmeshed)
         t3 = time.perf_counter()
         return frame, jobs, {"align_ms": (t1 - t0) * 1e3, "synthesis_ms": (t2 - t1) * 1e3, "compose_ms": (t3 - t2) * 1e3}
 
     def process(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> Result:
         t0 = time.perf_counter()
-        faces = self.analyze(rgb, timestamp_ms)
+        faces, unmeshed = self.analyze_all(rgb, timestamp_ms)
         t1 = time.perf_counter()
-        frame, jobs, timings = self.anonymize(rgb, faces)
+        frame, jobs, timings = self.anonymize(rgb, faces, unmeshed)
         timings["analysis_ms"] = (t1 - t0) * 1e3
-        return Result(frame, faces, jobs, timings)
+        return Result(frame, faces, jobs, timings, unmeshed)
 
     def close(self):
         self.analyzer.close()

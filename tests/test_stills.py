@@ -1,0 +1,246 @@
+"""The stills path end to end on real models: analysis, INT8 generator on both backends, paste-back, CLI."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from agent.backends import InferenceBackend, create_backend
+from agent.compose import MASK_GREY, AnonymizedFrame
+from agent.config import AnonymizerConfig
+from agent.errors import ModelError
+from agent.models import models_dir
+from agent.pipeline import Anonymizer
+from agent.topology import FACE_OVAL_POLYGON
+
+BACKENDS = ("onnxruntime", "openvino")
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    return skimage.data.astronaut()  # public domain (NASA), one face, 512x512 RGB
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def anonymizer(request):
+    a = Anonymizer(AnonymizerConfig(backend=request.param))
+    yield a
+    a.close()
+
+
+@pytest.fixture(scope="module")
+def ort_anonymizer():
+    a = Anonymizer(AnonymizerConfig(backend="onnxruntime"))
+    yield a
+    a.close()
+
+
+def oval_mask(shape, face):
+    m = np.zeros(shape[:2], np.uint8)
+    cv2.fillPoly(m, [np.round(face.landmarks[FACE_OVAL_POLYGON, :2]).astype(np.int32)], 1)
+    return m.astype(bool)
+
+
+def assert_replaced(src, out, faces, min_change=12.0, check=None):
+    """Each face in ``check`` (default: all) changed substantially; pixels away from all faces did not change."""
+    far = np.ones(src.shape[:2], bool)
+    for f in check if check is not None else faces:
+        inside = oval_mask(src.shape, f)
+        change = np.abs(out[inside].astype(float) - src[inside].astype(float)).mean()
+        assert change > min_change, f"face region barely changed (mean abs diff {change:.1f})"
+    for f in faces:
+        x0, y0, x1, y1 = f.box
+        pad = 0.6 * f.size
+        far[max(0, int(y0 - pad)):int(y1 + pad), max(0, int(x0 - pad)):int(x1 + pad)] = False
+    if far.any():
+        assert np.array_equal(out[far], src[far]), "pixels far from every face were modified"
+
+
+def test_one_face(anonymizer, astronaut):
+    r = anonymizer.process(astronaut)
+    assert len(r.faces) == 1 and r.frame.faces_replaced == 1 and r.frame.faces_masked == 0
+    assert r.frame.pixels.shape == astronaut.shape and r.frame.pixels.dtype == np.uint8
+    assert len(r.faces[0].blendshapes) == 52 and r.faces[0].transform.shape == (4, 4)
+    assert_replaced(astronaut, r.frame.pixels, r.faces)
+
+
+def test_no_face_is_unchanged(ort_anonymizer):
+    scene = skimage.data.coffee()  # no face
+    r = ort_anonymizer.process(scene)
+    assert r.faces == [] and r.frame.faces == 0
+    assert np.array_equal(r.frame.pixels, scene)
+
+
+def test_several_overlapping_faces(ort_anonymizer, astronaut):
+    face = cv2.resize(astronaut[20:300, 120:380], (200, 216))
+    canvas = np.full((480, 900, 3), 235, np.uint8)
+    for x, y in ((20, 40), (300, 200), (430, 170), (660, 230)):  # the middle two overlap
+        canvas[y:y + 216, x:x + 200] = face
+    r = ort_anonymizer.process(canvas)
+    # Faces this small (~70 px in 900 px) are found by the full-range detector, not the landmarker's own.
+    assert len(r.faces) == 4 and r.unmeshed == []
+    assert r.frame.faces_replaced == 4
+    # The overlapped face is partly covered by its neighbour's synthetic face, so check the other three.
+    assert_replaced(canvas, r.frame.pixels, r.faces, check=[f for f in r.faces if not 400 < f.box[0] < 450])
+
+
+def test_rotated_face(ort_anonymizer, astronaut):
+    h, w = astronaut.shape[:2]
+    rotated = cv2.warpAffine(astronaut, cv2.getRotationMatrix2D((225, 125), 35, 1.0), (w, h), borderMode=cv2.BORDER_REFLECT)
+    r = ort_anonymizer.process(rotated)
+    assert len(r.faces) == 1 and r.frame.faces_replaced == 1
+    roll = r.faces[0].head_pose()["roll"]
+    assert abs(abs(roll) - 35) < 15, roll
+    assert_replaced(rotated, r.frame.pixels, r.faces)
+
+
+def test_face_at_image_border(ort_anonymizer, astronaut):
+    # Cut through the face: its left part lies outside the image.
+    border = np.ascontiguousarray(astronaut[0:300, 195:512])
+    r = ort_anonymizer.process(border)
+    assert len(r.faces) == 1 and r.frame.faces_replaced == 1
+    assert r.faces[0].box[0] < 0, "the test face should extend past the left edge"
+    assert_replaced(border, r.frame.pixels, r.faces)
+
+
+def test_synthesis_failure_masks_the_face(astronaut):
+    class BrokenGenerator(InferenceBackend):
+        """Stands in for a generator that fails at run time (e.g. an accelerator fault)."""
+
+        def infer(self, batch):
+            return np.full((batch.shape[0], 3, 128, 128), np.nan, np.float32)
+
+    a = Anonymizer(AnonymizerConfig(backend="onnxruntime"))
+    try:
+        a.synthesizer.backend = BrokenGenerator("broken")
+        r = a.process(astronaut)
+    finally:
+        a.close()
+    assert r.frame.faces_masked == 1 and r.frame.faces_replaced == 0
+    inside = oval_mask(astronaut.shape, r.faces[0])
+    assert (r.frame.pixels[inside] == MASK_GREY).all()
+
+
+def test_backends_agree(astronaut):
+    outs = {}
+    for kind in BACKENDS:
+        a = Anonymizer(AnonymizerConfig(backend=kind))
+        try:
+            outs[kind] = a.process(astronaut)
+        finally:
+            a.close()
+    assert all(isinstance(o.frame, AnonymizedFrame) and o.frame.faces_replaced == 1 for o in outs.values())
+    inside = oval_mask(astronaut.shape, outs["onnxruntime"].faces[0])
+    a, b = (outs[k].frame.pixels[inside].astype(float) for k in BACKENDS)
+    psnr = 10 * np.log10(255 ** 2 / max(np.mean((a - b) ** 2), 1e-9))
+    assert psnr > 25, f"ONNX Runtime and OpenVINO INT8 outputs differ: {psnr:.1f} dB"
+
+
+def test_backend_raw_outputs_agree():
+    x = np.zeros((2, 3, 128, 128), np.float32) - 1
+    cv2.circle(x[0, 0], (64, 64), 30, 1.0, 2)
+    ys = [create_backend(kind, "generator.int8").infer(x) for kind in BACKENDS]
+    assert ys[0].shape == ys[1].shape == (2, 3, 128, 128)
+    assert np.abs(ys[0] - ys[1]).mean() < 0.05
+
+
+def test_anonymized_frame_cannot_be_forged():
+    with pytest.raises(TypeError):
+        AnonymizedFrame(object(), np.zeros((4, 4, 3), np.uint8), 0, 0)
+
+
+def test_tampered_model_is_refused(tmp_path):
+    src = models_dir()
+    for f in src.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    with open(tmp_path / "generator.int8.onnx", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(ModelError, match="sha256"):
+        create_backend("onnxruntime", "generator.int8", tmp_path)
+    (tmp_path / "generator.int8.xml").unlink()
+    with pytest.raises(ModelError, match="missing"):
+        create_backend("openvino", "generator.int8", tmp_path)
+
+
+# --- CLI: formats, folders, exit codes and the summary line ---
+
+def anoncam(*args):
+    return subprocess.run([sys.executable, "-m", "agent.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, astronaut):
+    d = tmp_path_factory.mktemp("in")
+    bgr = cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR)
+    cv2.imwrite(str(d / "face.jpg"), bgr)
+    (d / "sub").mkdir()
+    cv2.imwrite(str(d / "sub" / "grey.png"), cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(d / "sub" / "deep16.png"), bgr.astype(np.uint16) * 257)
+    cv2.imwrite(str(d / "sub" / "alpha.png"), cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA))
+    cv2.imwrite(str(d / "noface.png"), cv2.cvtColor(skimage.data.coffee(), cv2.COLOR_RGB2BGR))
+    return d
+
+
+def test_cli_file(tmp_path, inputs, astronaut):
+    out = tmp_path / "out.jpg"
+    p = anoncam("anonymize", inputs / "face.jpg", out, "--backend", "openvino")
+    assert p.returncode == 0, p.stderr
+    assert "1 image(s) written, 1 face(s) replaced" in p.stdout
+    img = cv2.imread(str(out))
+    assert img.shape == astronaut.shape
+
+
+def test_cli_folder_formats_and_summary(tmp_path, inputs):
+    out = tmp_path / "out"
+    p = anoncam("anonymize", inputs, out, "--backend", "onnxruntime")
+    assert p.returncode == 0, p.stderr
+    assert "5 image(s) written, 4 face(s) replaced, 0 masked, 1 with no face (written unchanged), 0 failed" in p.stdout
+    for rel in ("face.jpg", "noface.png", "sub/grey.png", "sub/deep16.png", "sub/alpha.png"):
+        src = cv2.imread(str(inputs / rel), cv2.IMREAD_UNCHANGED)
+        dst = cv2.imread(str(out / rel), cv2.IMREAD_UNCHANGED)
+        assert dst.shape == src.shape and dst.dtype == src.dtype, rel
+    assert np.array_equal(cv2.imread(str(out / "noface.png")), cv2.imread(str(inputs / "noface.png")))
+    alpha_src = cv2.imread(str(inputs / "sub/alpha.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(cv2.imread(str(out / "sub/alpha.png"), cv2.IMREAD_UNCHANGED)[..., 3], alpha_src[..., 3])
+    deep = cv2.imread(str(out / "sub/deep16.png"), cv2.IMREAD_UNCHANGED)
+    assert deep.max() > 255, "16-bit output lost its depth"
+
+
+def test_cli_bad_inputs_fail_after_the_rest(tmp_path, inputs):
+    d = tmp_path / "in"
+    shutil.copytree(inputs, d)
+    (d / "empty.jpg").write_bytes(b"")
+    good = (d / "face.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(good[: len(good) // 3][:200])
+    (d / "garbage.png").write_bytes(b"not an image at all" * 10)
+    out = tmp_path / "out"
+    p = anoncam("anonymize", d, out)
+    assert p.returncode == 1
+    assert "3 failed" in p.stdout and "5 image(s) written" in p.stdout
+    assert "empty.jpg is empty" in p.stderr and "garbage.png is not a readable" in p.stderr
+    assert (out / "face.jpg").exists()
+    for bad in ("empty.jpg", "truncated.jpg", "garbage.png"):
+        assert not (out / bad).exists(), "nothing may be written for an input that was not anonymized"
+
+
+def test_cli_missing_input_and_bad_backend(tmp_path):
+    p = anoncam("anonymize", tmp_path / "nope.jpg", tmp_path / "o.jpg")
+    assert p.returncode == 2 and "does not exist" in p.stderr
+    p = anoncam("anonymize", tmp_path, tmp_path / "o", "--backend", "tensorflow")
+    assert p.returncode == 2 and "invalid choice" in p.stderr
+
+
+def test_huge_image(ort_anonymizer, astronaut):
+    big = cv2.resize(astronaut, (6000, 6000), interpolation=cv2.INTER_LINEAR)
+    r = ort_anonymizer.process(big)
+    assert len(r.faces) == 1 and r.frame.faces_replaced == 1
+    assert r.frame.pixels.shape == big.shape
+    x0, y0, x1, y1 = r.faces[0].box
+    assert x1 - x0 > 1000, "landmarks must be mapped back to full resolution"
