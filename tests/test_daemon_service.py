@@ -1,0 +1,81 @@
+"""systemd integration: sd_notify over a real datagram socket, and the shipped unit file."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.service import Notifier
+
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "anoncam.service"
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+def _receiver(address: str):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(1)
+    return sock
+
+
+def test_notify_ready_status_watchdog_stopping(tmp_path):
+    path = str(tmp_path / "notify")
+    sock = _receiver(path)
+    n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())})
+    assert n.enabled and n.watchdog_s == 2.0
+    n.ready("streaming")
+    assert sock.recv(256) == b"READY=1\nSTATUS=streaming"
+    assert n.watchdog(now=100.0)
+    assert sock.recv(256) == b"WATCHDOG=1"
+    # Rate-limited to half the interval: a 15 fps loop does not flood systemd.
+    assert not n.watchdog(now=100.5)
+    assert n.watchdog(now=101.1)
+    assert sock.recv(256) == b"WATCHDOG=1"
+    n.stopping()
+    assert sock.recv(256) == b"STOPPING=1"
+    n.close()
+    sock.close()
+
+
+def test_notify_abstract_socket_and_disabled_cases():
+    name = f"anoncam-test-{os.getpid()}"
+    sock = _receiver("\0" + name)
+    n = Notifier({"NOTIFY_SOCKET": "@" + name})
+    n.status("hello")
+    assert sock.recv(256) == b"STATUS=hello"
+    assert n.watchdog_s is None and not n.watchdog()  # no WATCHDOG_USEC: no pings
+    sock.close()
+    # The watchdog belongs to another process (e.g. a wrapper script): ignore it.
+    assert Notifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}).watchdog_s is None
+    plain = Notifier({})
+    assert not plain.enabled and not plain.send("READY=1")
+
+
+def test_unit_file_declares_notify_watchdog_and_camera_access():
+    text = UNIT.read_text()
+    for line in ("Type=notify", "DeviceAllow=char-video4linux rw", "SupplementaryGroups=video", "StateDirectory=anoncam",
+                 "ConfigurationDirectory=anoncam", "LoadCredential=mqtt-password:", "DevicePolicy=closed"):
+        assert line in text, line
+    assert re.search(r"^WatchdogSec=\d+", text, re.M)
+    assert "password" not in re.sub(r"(LoadCredential=mqtt-password:\S+|#.*)", "", text).lower()
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed")
+def test_unit_verifies_and_scores_at_most_2(tmp_path):
+    # verify checks that ExecStart exists: point it at this interpreter, keep everything else.
+    unit = tmp_path / "anoncam.service"
+    unit.write_text(UNIT.read_text().replace("/opt/anoncam/bin/anoncam", f"{sys.executable} -m agent.cli"))
+    verify = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", str(unit)], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
+    assert "anoncam.service" not in verify.stderr, verify.stderr  # no warnings about our unit
+    sec = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=yes", str(UNIT)], capture_output=True, text=True)
+    m = re.search(r"Overall exposure level for anoncam\.service: ([\d.]+)", sec.stdout)
+    assert m, sec.stdout + sec.stderr
+    assert float(m.group(1)) <= 2.0, sec.stdout
