@@ -44,6 +44,7 @@ ONLINE, OFFLINE = b"online", b"offline"
 # CONNACK codes that mean "I do not speak this protocol version" (3.1.1: 1, MQTT 5: 0x84).
 _PROTOCOL_REFUSED = {0x01, 0x84}
 _INFLIGHT = 8  # messages handed to paho but not yet written to the socket
+_V5_CONNACK_WAIT_S = 3.0
 
 
 @dataclass
@@ -222,7 +223,12 @@ class Publisher:
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._fail(f"cannot reach {self.host}:{self.port}: {exc}")
             return None
-        deadline = time.monotonic() + client.connect_timeout
+        wait = client.connect_timeout
+        if self.cfg.protocol == "auto" and self._protocol == mqtt.MQTTv5:
+            # amqtt (3.1.1 only) misreads an MQTT 5 CONNECT with a will and answers nothing until its own
+            # timeout; a 5-capable broker answers in one round trip, so a short wait costs nothing.
+            wait = _V5_CONNACK_WAIT_S
+        deadline = time.monotonic() + wait
         while self._connack is None and time.monotonic() < deadline and not self._stop.is_set():
             if client.loop(0.1) != mqtt.MQTT_ERR_SUCCESS:
                 break

@@ -53,7 +53,9 @@ class Broker:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "persistence false\n"
-            "log_dest stderr\n"
+            # As root, mosquitto would drop to its own user and lose access to the test's private files.
+            + (f"user {os.environ.get('USER', 'root')}\n" if os.geteuid() == 0 else "")
+            + "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             + (self.extra or "allow_anonymous true\n")
         )
@@ -246,6 +248,11 @@ class TcpProxy:
     def down(self):
         srv, self._server = self._server, None
         if srv is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would leave it listening.
+            try:
+                srv.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             srv.close()
         with self._lock:
             conns, self._conns = self._conns, []
