@@ -176,3 +176,59 @@ def test_http_mjpeg_stream_and_reconnect(astronaut_clip):
     finally:
         cap.stop()
         server.stop()
+
+
+def _gst_python():
+    import shutil
+    import subprocess
+
+    for py in ("/usr/bin/python3", shutil.which("python3")):
+        if py and subprocess.run([py, "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
+                                 capture_output=True).returncode == 0:
+            return py
+    return None
+
+
+class RtspServer:
+    def __init__(self, python, port):
+        self.python, self.port, self.proc = python, port, None
+
+    def start(self):
+        import subprocess
+        from pathlib import Path
+
+        script = Path(__file__).with_name("rtsp_server.py")
+        self.proc = subprocess.Popen([self.python, str(script), str(self.port)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+def test_rtsp_stream_and_reconnect():
+    """Against GStreamer's RTSP server (Debian packages); skipped where it is not installed."""
+    from daemon_helpers import free_port
+
+    python = _gst_python()
+    if python is None:
+        pytest.skip("GStreamer RTSP server not installed (apt-get install gir1.2-gst-rtsp-server-1.0 "
+                    "gstreamer1.0-plugins-good python3-gi)")
+    server = RtspServer(python, free_port())
+    server.start()
+    url = f"rtsp://127.0.0.1:{server.port}/cam"
+    cap = Capture(CaptureConfig(source=url, reconnect_min_s=0.1, reconnect_max_s=0.5, read_timeout_s=2)).start()
+    try:
+        first = cap.get(20)
+        assert first is not None and first.image.shape == (240, 320, 3)
+        server.stop()
+        assert wait_for(lambda: cap.counters["reconnects"] >= 1, 20)
+        server.start()
+        before = cap.counters["read"]
+        assert wait_for(lambda: cap.counters["read"] > before + 3, 30), "frames flow again after the camera returns"
+    finally:
+        cap.stop()
+        server.stop()
