@@ -265,7 +265,7 @@ class Agent:
         rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)
         ts_ms = int((frame.monotonic - t0) * 1000) + 1
         try:
-            faces = self.anonymizer.analyze(rgb, ts_ms)
+            faces, unmeshed = self.anonymizer.analyze_all(rgb, ts_ms)
         except Exception as exc:  # AnalysisFailed or anything else: this frame was not analysed
             log.warning("analysis failed on frame %d: %s", frame.seq, exc)
             return self._fail(rgb, frame, "analysis_error")
@@ -273,25 +273,26 @@ class Agent:
         if t_analysis - start > budget_s:
             return self._fail(rgb, frame, "over_budget")
         faces, held = self.tracker.update(faces, frame.monotonic)
+        unmeshed, held_boxes = self.tracker.update_boxes(unmeshed, frame.monotonic)
         t_track = time.perf_counter()
         try:
-            result, jobs, timings = self.anonymizer.anonymize(rgb, faces)
+            result, jobs, timings = self.anonymizer.anonymize(rgb, faces, unmeshed)
         except Exception as exc:
             log.warning("synthesis failed on frame %d: %s", frame.seq, exc)
             return self._fail(rgb, frame, "synthesis_error")
         t_anon = time.perf_counter()
         if t_anon - start > budget_s:
             return self._fail(rgb, frame, "over_budget")
-        if not _complete(result, jobs, rgb.shape):
+        if not _complete(result, jobs, unmeshed, rgb.shape):
             return self._fail(rgb, frame, "incomplete")
-        meta = self.build_meta(frame, rgb, faces, jobs)
+        meta = self.build_meta(frame, rgb, faces, jobs, unmeshed=unmeshed)
         self.publisher.publish(result, meta, frame.seq, frame.wall)
         end = time.perf_counter()
 
         stats.frames["published"] += 1
         stats.faces["replaced"] += result.faces_replaced
         stats.faces["masked"] += result.faces_masked
-        stats.faces["held"] += held
+        stats.faces["held"] += held + held_boxes
         stats.faces["frames_with_faces"] += bool(faces)
         stats.stage("analysis", (t_analysis - start) * 1e3)
         stats.stage("tracking", (t_track - t_analysis) * 1e3)
@@ -315,7 +316,7 @@ class Agent:
     # -- metadata -------------------------------------------------------------------------------
 
     def build_meta(self, frame: Frame, rgb: np.ndarray, faces: list[Face], jobs, status: str = "anonymized",
-                   reason: str | None = None) -> dict:
+                   reason: str | None = None, unmeshed=()) -> dict:
         h, w = rgb.shape[:2]
         meta = {
             "schema": META_SCHEMA,
@@ -327,6 +328,9 @@ class Agent:
             "status": status,
             "faces": self.describe_faces(rgb, faces, jobs),
         }
+        if len(unmeshed):
+            # Faces found too small or blurred for landmarks: masked grey, no expression to report.
+            meta["masked_regions"] = [[round(float(v), 1) for v in b] for b in unmeshed]
         if reason is not None:
             meta["reason"] = reason
         return meta
@@ -350,11 +354,11 @@ class Agent:
         return out
 
 
-def _complete(result: AnonymizedFrame, jobs, shape) -> bool:
+def _complete(result: AnonymizedFrame, jobs, unmeshed, shape) -> bool:
     """Every face that touches the frame was replaced or masked (compose skips only off-frame faces)."""
     h, w = shape[:2]
     on_frame = sum(1 for j in jobs if j.face.box[2] > 0 and j.face.box[3] > 0 and j.face.box[0] < w and j.face.box[1] < h)
-    return result.faces >= on_frame
+    return result.faces >= on_frame + len(unmeshed)
 
 
 # -- CLI ------------------------------------------------------------------------------------------

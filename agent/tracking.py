@@ -77,6 +77,7 @@ class Tracker:
     def __init__(self, policy: PolicyConfig):
         self.policy = policy
         self.tracks: list[Track] = []
+        self._boxes: list[tuple[np.ndarray, float]] = []
         self._next_id = 1
 
     def update(self, faces: list[Face], t: float) -> tuple[list[Face], int]:
@@ -123,6 +124,22 @@ class Tracker:
                 held += 1
         self.tracks = kept
         return out, held
+
+    def update_boxes(self, boxes: list, t: float) -> tuple[list[np.ndarray], int]:
+        """Faces found without landmarks (masked by box): the same hold, so a flickering far-away
+        detection stays masked. Returns the boxes to mask and how many of them are held."""
+        p = self.policy
+        fresh = [np.asarray(b, np.float32) for b in boxes]
+        kept = [(b, t) for b in fresh]
+        held = 0
+        for box, seen in self._boxes:
+            if any(iou(box, b) >= p.iou_threshold for b in fresh):
+                continue
+            if (t - seen) * 1000.0 <= p.hold_ms:
+                kept.append((box, seen))
+                held += 1
+        self._boxes = kept
+        return [b for b, _ in kept], held
 
     def _new_filter(self) -> OneEuro | None:
         s = self.policy.smoothing

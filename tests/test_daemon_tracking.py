@@ -83,3 +83,15 @@ def test_smoothing_off_passes_landmarks_through():
     tr.update([face_at(300, 200)], 0.0)
     (s,), _ = tr.update([f], 0.066)
     np.testing.assert_array_equal(s.landmarks, f.landmarks)
+
+
+def test_boxes_without_landmarks_are_held_too():
+    tr = Tracker(PolicyConfig(hold_ms=300))
+    boxes, held = tr.update_boxes([np.array([10, 10, 30, 30])], 0.0)
+    assert len(boxes) == 1 and held == 0
+    boxes, held = tr.update_boxes([], 0.2)
+    assert held == 1 and np.allclose(boxes[0], [10, 10, 30, 30])
+    boxes, held = tr.update_boxes([np.array([11, 10, 31, 30])], 0.25)  # found again: not duplicated
+    assert len(boxes) == 1 and held == 0
+    boxes, held = tr.update_boxes([], 0.6)
+    assert boxes == [] and held == 0
