@@ -30,7 +30,7 @@ import numpy as np
 from .capture import Capture, CaptureError, Frame
 from .compose import AnonymizedFrame, mask_everything
 from .config import Config, load_config
-from .errors import AnoncamError, ConfigError
+from .errors import AnoncamError, ConfigError, ModelError
 from .faces import Face
 from .publish import Publisher
 from .service import Notifier
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 META_SCHEMA = "anoncam.meta/1"
 STATS_SCHEMA = "anoncam.stats/1"
 FAIL_REASONS = ("analysis_error", "synthesis_error", "over_budget", "incomplete")
-STAGES = ("analysis", "tracking", "align", "synthesis", "compose", "encode", "total")
+STAGES = ("analysis", "tracking", "align", "synthesis", "compose", "expression", "encode", "total")
 
 
 def parse_broker(text: str) -> tuple[str, int]:
@@ -144,6 +144,7 @@ class Agent:
         self.capture: Capture | None = None
         self.publisher: Publisher | None = None
         self.anonymizer = None
+        self.expression = None  # agent.expression.ExpressionAnalyzer when expression.enabled
         self.tracker = Tracker(config.policy)
         self.notifier = Notifier()
         self.last_stats: dict | None = None
@@ -172,6 +173,13 @@ class Agent:
             from .pipeline import Anonymizer
 
             self.anonymizer = Anonymizer(self.cfg.anonymizer, mode="video")
+            if self.cfg.expression.enabled:
+                from .expression import ExpressionAnalyzer
+
+                try:
+                    self.expression = ExpressionAnalyzer(self.cfg.expression)
+                except ModelError as exc:
+                    raise ModelError(f"{exc} (or set expression.enabled: false to publish without emotion metadata)") from None
             self._warm_up()
             self.publisher.start()
             self.capture.start()
@@ -203,6 +211,8 @@ class Agent:
         size = self.anonymizer.synthesizer.size
         for batch in (1, 2):
             self.anonymizer.backend.infer(np.zeros((batch, 3, size, size), np.float32))
+        if self.expression is not None:
+            self.expression.classifier.probabilities(np.zeros((2, 48, 48), np.uint8))
 
     def _shutdown(self):
         if self.capture is not None:
@@ -286,6 +296,7 @@ class Agent:
         if not _complete(result, jobs, unmeshed, rgb.shape):
             return self._fail(rgb, frame, "incomplete")
         meta = self.build_meta(frame, rgb, faces, jobs, unmeshed=unmeshed)
+        t_meta = time.perf_counter()
         self.publisher.publish(result, meta, frame.seq, frame.wall)
         end = time.perf_counter()
 
@@ -298,7 +309,8 @@ class Agent:
         stats.stage("tracking", (t_track - t_analysis) * 1e3)
         for name in ("align", "synthesis", "compose"):
             stats.stage(name, timings[f"{name}_ms"])
-        stats.stage("encode", (end - t_anon) * 1e3)
+        stats.stage("expression", (t_meta - t_anon) * 1e3)
+        stats.stage("encode", (end - t_meta) * 1e3)
         stats.stage("total", (end - start) * 1e3)
         return True
 
@@ -336,22 +348,31 @@ class Agent:
         return meta
 
     def describe_faces(self, rgb: np.ndarray, faces: list[Face], jobs) -> list[dict]:
-        """Per-face metadata: the one place that decides what a subscriber learns about each face."""
-        h, w = rgb.shape[:2]
+        """Per-face metadata: the one place that decides what a subscriber learns about each face.
+
+        With ``expression.enabled`` the fields come from :class:`agent.expression.ExpressionAnalyzer`
+        (schema ``agent/schema/anoncam-metadata-v1.json``); without it, box, track, blendshapes and head
+        pose only. Either way no pixels, landmarks or identity features.
+        """
         replaced = {id(j.face): j.generated is not None for j in jobs}
-        out = []
-        for face in faces:
-            x0, y0, x1, y1 = face.box
-            pose = face.head_pose()
-            out.append({
-                "track_id": face.track_id,
-                "box": [round(max(0.0, x0), 1), round(max(0.0, y0), 1), round(min(float(w), x1), 1), round(min(float(h), y1), 1)],
-                "held": bool(face.extra.get("held", False)),
-                "replaced": replaced.get(id(face), False),
-                "blendshapes": {k: round(v, 4) for k, v in face.blendshapes.items()} if face.blendshapes else None,
-                "head_pose": {k: round(v, 2) for k, v in pose.items()} if pose else None,
-            })
-        return out
+        if self.expression is not None:
+            items = self.expression.describe(rgb, faces, jobs)
+        else:
+            h, w = rgb.shape[:2]
+            items = []
+            for face in faces:
+                x0, y0, x1, y1 = face.box
+                pose = face.head_pose()
+                items.append({
+                    "box": [round(max(0.0, x0), 1), round(max(0.0, y0), 1), round(min(float(w), x1), 1), round(min(float(h), y1), 1)],
+                    "track_id": face.track_id,
+                    "blendshapes": {k: round(v, 4) for k, v in face.blendshapes.items()} if face.blendshapes else None,
+                    "head_pose": {k: round(v, 2) for k, v in pose.items()} if pose else None,
+                })
+        for item, face in zip(items, faces):
+            item["held"] = bool(face.extra.get("held", False))
+            item["replaced"] = replaced.get(id(face), False)
+        return items
 
 
 def _complete(result: AnonymizedFrame, jobs, unmeshed, shape) -> bool:

@@ -27,11 +27,13 @@ from agent.daemon import Agent
 # A replaced face differs from the source by tens of grey levels on average; the same face merely
 # re-encoded as JPEG differs by 1-3 (checked below, so the threshold cannot be vacuous).
 MIN_FACE_DIFF = 12.0
-META_SCHEMA = json.loads(resources.files("agent").joinpath("schema/meta.schema.json").read_text())
+META_SCHEMA = json.loads(resources.files("agent").joinpath("schema/anoncam-metadata-v1.json").read_text())
 
 
 def config(port, source, **over) -> Config:
     data = {
+        # Expression metadata is exercised by the first test; the others test transport and policy.
+        "expression": {"enabled": False},
         "capture": {"source": str(source), "realtime": False},
         "mqtt": {"host": "127.0.0.1", "port": port, "prefix": "test", "camera": "cam1", "reconnect_max_s": 1},
         "stats": {"interval_s": 1},
@@ -87,7 +89,7 @@ def check_wire(sub: Subscriber, source_frames, ovals, expect_faces=True):
 def test_file_to_subscriber_publishes_only_anonymized_frames(mosquitto, astronaut_clip, ovals):
     sub = Subscriber(mosquitto.port, "test/#")
     source = read_frames(astronaut_clip)
-    agent = Agent(config(mosquitto.port, astronaut_clip))
+    agent = Agent(config(mosquitto.port, astronaut_clip, expression={"enabled": True}))
     try:
         assert agent.run() == 0  # end of file -> exit 0
         stats = agent.last_stats
@@ -102,6 +104,9 @@ def test_file_to_subscriber_publishes_only_anonymized_frames(mosquitto, astronau
         assert tracks == {1}, f"one moving face should keep one track id, got {tracks}"
         face = next(f for m in metas.values() for f in m["faces"])
         assert len(face["blendshapes"]) == 52 and set(face["head_pose"]) == {"yaw", "pitch", "roll"}
+        assert face["replaced"] and not face["held"]
+        assert face["emotion"]["label"] in face["emotion"]["scores"]
+        assert isinstance(face["expression_kept"], bool)
         # The threshold separates: the source itself, JPEG-encoded, stays far below it.
         import cv2
 
@@ -222,7 +227,7 @@ def _drain(sock) -> list[str]:
 
 def test_subprocess_sigterm_is_clean_and_notifies_systemd(mosquitto, astronaut_clip, tmp_path):
     cfg = write_config(tmp_path / "agent.yaml",
-                       capture={"source": str(astronaut_clip), "loop": True},
+                       capture={"source": str(astronaut_clip), "loop": True}, expression={"enabled": False},
                        mqtt={"host": "127.0.0.1", "port": mosquitto.port, "prefix": "test", "camera": "svc"},
                        stats={"interval_s": 1})
     sock, path = _notify_socket(tmp_path)
@@ -249,7 +254,7 @@ def test_subprocess_sigterm_is_clean_and_notifies_systemd(mosquitto, astronaut_c
 
 def test_subprocess_kill9_leaves_retained_offline(mosquitto, astronaut_clip, tmp_path):
     cfg = write_config(tmp_path / "agent.yaml",
-                       capture={"source": str(astronaut_clip), "loop": True},
+                       capture={"source": str(astronaut_clip), "loop": True}, expression={"enabled": False},
                        mqtt={"host": "127.0.0.1", "port": mosquitto.port, "prefix": "test", "camera": "k9"})
     sub = Subscriber(mosquitto.port, "test/#")
     proc = subprocess.Popen(agent_command("run", "--config", str(cfg)), env=agent_env(),
