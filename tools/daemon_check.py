@@ -8,6 +8,8 @@ dropped like a camera when processing is slower), and reports:
 
 - the share of the clip's frames that were published, and whether there is exactly one ``meta`` per frame;
 - that every published frame's face oval differs from the source (no raw face on the wire);
+- how many published frames an independent recognizer (dlib ResNet, the eval extra) still matches to the
+  person in the source frame (distance < 0.6);
 - whether a retained ``offline`` is left after ``kill -9`` of a second, looping agent.
 """
 
@@ -23,17 +25,52 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
 from daemon_helpers import (Broker, FaceOvals, Subscriber, agent_command, agent_env, decode_jpeg, make_clip,  # noqa: E402
                             oval_diff, read_frames, retained, wait_for, write_config)
+
+
+def identity_check(frames, frame_ids, source) -> dict:
+    """dlib (an independent recognizer) on every published frame against the person in the source frame.
+
+    Where dlib finds no face in the published frame, the descriptor is taken at the source's face box,
+    as tools/evaluate.py does, so a face dlib cannot see is still judged.
+    """
+    import cv2
+
+    try:
+        from tools.evaluate import DLIB_THRESHOLD, DlibRecognizer
+        judge = DlibRecognizer()
+    except (ImportError, SystemExit) as exc:
+        return {"dlib": f"skipped: {exc}"}
+    matches, judged, min_dist = 0, 0, None
+    for m, fid in zip(frames, frame_ids):
+        src = cv2.cvtColor(source[fid - 1], cv2.COLOR_BGR2RGB)
+        boxes = judge.detect(src)
+        if not boxes:
+            continue
+        ref = judge.describe(src, boxes[0])
+        out = cv2.cvtColor(decode_jpeg(m.payload), cv2.COLOR_BGR2RGB)
+        found = judge.detect(out) or [boxes[0]]
+        d = min(float(np.linalg.norm(judge.describe(out, b) - ref)) for b in found)
+        judged += 1
+        matches += d < DLIB_THRESHOLD
+        min_dist = d if min_dist is None else min(min_dist, d)
+    return {"dlib_frames_judged": judged, "dlib_frames_matching_person": matches,
+            "dlib_min_distance": round(min_dist, 3) if min_dist is not None else None,
+            "dlib_threshold": DLIB_THRESHOLD}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clip", type=Path, help="640x480 video with one face (default: generated astronaut clip)")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the generated clip")
+    ap.add_argument("--no-expression", action="store_true", help="run the agent with expression.enabled: false")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="anoncam-check-"))
     clip = args.clip or make_clip(work / "astronaut.avi", frames=int(args.seconds * 15))
@@ -42,6 +79,7 @@ def main(argv=None) -> int:
     report = {"clip": str(clip), "frames_in_clip": len(source)}
     try:
         cfg = write_config(work / "agent.yaml", capture={"source": str(clip)},
+                           expression={"enabled": not args.no_expression},
                            mqtt={"host": "127.0.0.1", "port": broker.port, "prefix": "check", "camera": "cam"},
                            stats={"interval_s": 2})
         sub = Subscriber(broker.port, "check/#")
@@ -70,6 +108,7 @@ def main(argv=None) -> int:
                 no_face += 1
             diffs += [oval_diff(img, source[fid - 1], mk) for mk in masks]
         ovals.close()
+        report.update(identity_check(frames, frame_ids, source))
         report["faces_compared"] = len(diffs)
         report["face_oval_mean_abs_diff_min"] = round(min(diffs), 1) if diffs else None
         report["face_oval_mean_abs_diff_median"] = round(sorted(diffs)[len(diffs) // 2], 1) if diffs else None
@@ -77,6 +116,7 @@ def main(argv=None) -> int:
 
         # kill -9 of a looping agent: the broker must leave the retained will, 'offline'.
         cfg2 = write_config(work / "loop.yaml", capture={"source": str(clip), "loop": True},
+                            expression={"enabled": not args.no_expression},
                             mqtt={"host": "127.0.0.1", "port": broker.port, "prefix": "check", "camera": "k9"})
         sub = Subscriber(broker.port, "check/k9/frame")
         proc = subprocess.Popen(agent_command("run", "--config", str(cfg2)), env=agent_env(),
