@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 META_SCHEMA = "anoncam.meta/1"
 STATS_SCHEMA = "anoncam.stats/1"
-FAIL_REASONS = ("analysis_error", "synthesis_error", "over_budget", "incomplete")
+FAIL_REASONS = ("analysis_error", "synthesis_error", "over_budget", "incomplete", "output_error")
 STAGES = ("analysis", "tracking", "align", "synthesis", "compose", "expression", "encode", "total")
 
 
@@ -165,6 +165,8 @@ class Agent:
     def run(self, max_frames: int | None = None) -> int:
         """Process frames until end of file, ``max_frames`` processed frames, or :meth:`stop`. Returns the exit code."""
         restore = self._install_signal_handlers()
+        # A fresh start each run: counters, tracks and the systemd socket.
+        self.stats, self.tracker, self.notifier = Stats(), Tracker(self.cfg.policy), Notifier()
         code = 1
         try:
             self.capture = Capture(self.cfg.capture)
@@ -295,9 +297,13 @@ class Agent:
             return self._fail(rgb, frame, "over_budget")
         if not _complete(result, jobs, unmeshed, rgb.shape):
             return self._fail(rgb, frame, "incomplete")
-        meta = self.build_meta(frame, rgb, faces, jobs, unmeshed=unmeshed)
-        t_meta = time.perf_counter()
-        self.publisher.publish(result, meta, frame.seq, frame.wall)
+        try:
+            meta = self.build_meta(frame, rgb, faces, jobs, unmeshed=unmeshed)
+            t_meta = time.perf_counter()
+            self.publisher.publish(result, meta, frame.seq, frame.wall)
+        except Exception as exc:  # metadata or JPEG encoding: nothing of this frame goes out half-made
+            log.warning("output failed on frame %d: %s", frame.seq, exc)
+            return self._fail(rgb, frame, "output_error")
         end = time.perf_counter()
 
         stats.frames["published"] += 1
@@ -317,12 +323,15 @@ class Agent:
     def _fail(self, rgb: np.ndarray, frame: Frame, reason: str) -> bool:
         self.stats.fail(reason)
         if self.cfg.policy.on_failure == "mask":
-            meta = self.build_meta(frame, rgb, [], [], status="masked", reason=reason)
-            self.publisher.publish(mask_everything(rgb), meta, frame.seq, frame.wall)
-            self.stats.frames["published"] += 1
-            self.stats.frames["published_masked"] += 1
-        else:
-            self.stats.frames["dropped_failed"] += 1
+            try:
+                meta = self.build_meta(frame, rgb, [], [], status="masked", reason=reason)
+                self.publisher.publish(mask_everything(rgb), meta, frame.seq, frame.wall)
+                self.stats.frames["published"] += 1
+                self.stats.frames["published_masked"] += 1
+                return False
+            except Exception as exc:
+                log.warning("could not publish the masked stand-in for frame %d: %s", frame.seq, exc)
+        self.stats.frames["dropped_failed"] += 1
         return False
 
     # -- metadata -------------------------------------------------------------------------------
