@@ -12,7 +12,7 @@ from . import __version__
 from .errors import AnoncamError
 
 # Modules providing subcommands, in the order `anoncam --help` lists them.
-COMMAND_MODULES = ("agent.stills", "agent.daemon")
+COMMAND_MODULES = ("agent.stills", "agent.analyze", "agent.daemon")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -139,12 +139,10 @@ class ExpressionConfig(Section):
     device: str = Field("CPU", description="OpenVINO device: CPU, GPU, NPU (ignored by onnxruntime)")
     threads: int = Field(0, ge=0, description="inference threads; 0 lets the runtime decide")
     classifier: str = Field("emotion.int8", description="emotion CNN base name in the models folder")
-    geometry_model: str | None = Field(None, description="optional blendshape+landmark model fused with the CNN")
-    geometry_weight: float = Field(0.0, ge=0, le=2, description="weight of the geometry model's log-probabilities")
     flip_tta: bool = Field(True, description="average the classifier over the face and its mirror image")
     check_anonymized: bool = Field(True, description="classify each synthetic face too and report expression_kept")
-    smoothing: float = Field(0.0, ge=0, lt=1, description="per-track EMA weight of the newest frame for scores and "
-                                                          "head pose in streams; 0 turns smoothing off")
+    smoothing: float = Field(0.0, ge=0, lt=1, description="streams: per-track EMA of emotion scores and head pose; the "
+                                                          "weight of the history (0 off, 0.6 moderate, 0.9 heavy)")
     models_dir: Path | None = Field(None, description="folder with SHA256SUMS and the model files")
 
 
