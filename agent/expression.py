@@ -175,31 +175,35 @@ class ExpressionAnalyzer:
             jobs = None
         rgb8 = to_rgb8(rgb)
         h, w = rgb8.shape[:2]
-        crops = np.stack([grey_crop(rgb8, f.landmarks) for f in faces]) if faces else np.zeros((0, CROP_SIZE, CROP_SIZE), np.uint8)
+        crops, rows = [], {}
+        for i, f in enumerate(faces):
+            try:
+                crops.append(grey_crop(rgb8, f.landmarks))
+                rows[i] = len(crops) - 1
+            except ValueError:  # degenerate landmarks (eyes and mouth coincide): no crop to classify
+                pass
         # Synthetic faces go through the same classifier in the same batch (one backend call).
         by_face = {id(j.face): j for j in (jobs or [])}
-        gen_rows = [i for i, f in enumerate(faces) if id(f) in by_face and by_face[id(f)].generated is not None]
-        if gen_rows:
-            gen = np.stack([crop_to_input(by_face[id(faces[i])].generated) for i in gen_rows])
-            crops = np.concatenate([crops, gen])
-        probs = self.classifier.probabilities(crops)
-        anon = dict(zip(gen_rows, probs[len(faces):]))
+        gen_rows = [i for i, f in enumerate(faces) if i in rows and id(f) in by_face and by_face[id(f)].generated is not None]
+        crops += [crop_to_input(by_face[id(faces[i])].generated) for i in gen_rows]
+        probs = self.classifier.probabilities(np.stack(crops) if crops else np.zeros((0, CROP_SIZE, CROP_SIZE), np.uint8))
+        anon = dict(zip(gen_rows, probs[len(rows):]))
         out = []
         for i, face in enumerate(faces):
-            scores, pose = probs[i], face.head_pose()
-            raw_label = int(np.argmax(scores))
-            if self.smoother is not None and face.track_id is not None:
+            scores, pose = (probs[rows[i]] if i in rows else None), face.head_pose()
+            raw_label = int(np.argmax(scores)) if scores is not None else None
+            if self.smoother is not None and face.track_id is not None and scores is not None:
                 scores, pose = self.smoother.update(face.track_id, scores, pose)
             x0, y0, x1, y1 = face.box
             item = {
                 "box": [round(max(0.0, x0), 1), round(max(0.0, y0), 1), round(min(float(w), x1), 1), round(min(float(h), y1), 1)],
                 "track_id": face.track_id,
-                "emotion": _emotion(scores),
+                "emotion": _emotion(scores) if scores is not None else None,
                 "blendshapes": ({k: round(float(face.blendshapes.get(k, 0.0)), 4) for k in BLENDSHAPE_NAMES}
                                 if face.blendshapes else None),
                 "head_pose": {k: round(float(v), 2) for k, v in pose.items()} if pose else None,
             }
-            missing = [k for k in ("blendshapes", "head_pose") if item[k] is None]
+            missing = [k for k in ("emotion", "blendshapes", "head_pose") if item[k] is None]
             if missing:
                 item["missing"] = missing
             if jobs is not None:

@@ -100,6 +100,18 @@ def test_face_without_blendshapes_is_flagged_and_still_classified(analyzer, astr
     assert face["missing"] == ["blendshapes", "head_pose"] and face["head_pose"] is None
 
 
+def test_face_that_cannot_be_aligned_has_no_emotion_but_the_rest(analyzer, astronaut):
+    rgb, faces = astronaut
+    flat = faces[0].landmarks.copy()
+    flat[:, :2] = flat[:, :2].mean(axis=0)  # every landmark on one point: no alignment exists
+    out = analyzer.describe(rgb, [replace(faces[0], landmarks=flat), faces[0]])
+    VALIDATOR.validate(_message(out))
+    assert out[0]["emotion"] is None and out[0]["missing"] == ["emotion"]
+    assert len(out[0]["blendshapes"]) == 52
+    assert out[1]["emotion"]["label"] == "happy"  # the other face is unaffected
+    assert not VALIDATOR.is_valid(_message([dict(out[1], emotion=None)]))
+
+
 def test_no_faces_gives_empty_list(analyzer):
     assert analyzer.describe(data.coffee(), []) == []
     VALIDATOR.validate(_message([]))
