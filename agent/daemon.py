@@ -19,9 +19,11 @@ Python API (used by ``anoncam demo`` and ``anoncam bench``)::
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -73,6 +75,7 @@ class Stats:
         self.frames = {"processed": 0, "published": 0, "published_masked": 0, "dropped_failed": 0}
         self.fail_closed = dict.fromkeys(FAIL_REASONS, 0)
         self.faces = {"replaced": 0, "masked": 0, "held": 0, "frames_with_faces": 0}
+        self.lock = threading.Lock()  # the output stage writes, the stats timer reads and resets
         self._reset_interval(self.started, 0)
 
     def _reset_interval(self, now: float, read: int):
@@ -92,6 +95,10 @@ class Stats:
         self.fail_closed[reason] += 1
 
     def snapshot(self, capture: Capture | None, publisher: Publisher | None, reset: bool = True) -> dict:
+        with self.lock:
+            return self._snapshot(capture, publisher, reset)
+
+    def _snapshot(self, capture, publisher, reset) -> dict:
         now = time.monotonic()
         dt = max(now - self._t_interval, 1e-6)
         cap = dict(capture.counters) if capture is not None else {}
@@ -229,33 +236,68 @@ class Agent:
         self.notifier.close()
 
     def _loop(self, max_frames: int | None) -> int:
+        """Two stages: this thread analyses frame N+1 while the output thread replaces, describes and
+        publishes frame N. MediaPipe and the generator then overlap on a multi-core CPU. The hand-over
+        holds one frame; a busy output stage makes analysis wait, and capture drops as usual."""
         cfg = self.cfg
+        self._handoff: queue.Queue = queue.Queue(maxsize=1)
+        self._worker_error: BaseException | None = None
+        worker = threading.Thread(target=self._output_worker, name="output", daemon=True)
+        worker.start()
         t0 = time.monotonic()
         next_stats = t0 + cfg.stats.interval_s
         last_frame = t0
         processed = 0
-        while not self._stop.is_set():
-            frame = self.capture.get(timeout=0.25)
-            now = time.monotonic()
-            if now >= next_stats:
-                next_stats = now + cfg.stats.interval_s
-                self._publish_stats()
-            if frame is None:
-                if self.capture.ended:
-                    if self.capture.error:
-                        raise CaptureError(self.capture.error)
-                    log.info("end of %s after %d frames", self.capture.source.uri, processed)
-                    return 0
-                if now - last_frame < cfg.service.watchdog_stall_s:
-                    self.notifier.watchdog(now)
-                continue
-            self.process(frame, t0)
-            processed += 1
-            last_frame = time.monotonic()
-            self.notifier.watchdog(last_frame)
-            if max_frames is not None and processed >= max_frames:
-                break
+        try:
+            while not self._stop.is_set():
+                self._check_worker()
+                frame = self.capture.get(timeout=0.25)
+                now = time.monotonic()
+                if now >= next_stats:
+                    next_stats = now + cfg.stats.interval_s
+                    self._publish_stats()
+                if frame is None:
+                    if self.capture.ended:
+                        if self.capture.error:
+                            raise CaptureError(self.capture.error)
+                        log.info("end of %s after %d frames", self.capture.source.uri, processed)
+                        break
+                    if now - last_frame < cfg.service.watchdog_stall_s:
+                        self.notifier.watchdog(now)
+                    continue
+                self._hand_over(self._analyze(frame, t0))
+                processed += 1
+                last_frame = time.monotonic()
+                self.notifier.watchdog(last_frame)
+                if max_frames is not None and processed >= max_frames:
+                    break
+        finally:
+            self._handoff.put(None)  # the worker finishes what it holds, then exits
+            worker.join()
+        self._check_worker()
         return 0
+
+    def _hand_over(self, item):
+        while True:
+            try:
+                self._handoff.put(item, timeout=0.25)
+                return
+            except queue.Full:
+                self._check_worker()
+
+    def _check_worker(self):
+        if self._worker_error is not None:
+            raise self._worker_error
+
+    def _output_worker(self):
+        try:
+            while (item := self._handoff.get()) is not None:
+                self._finish(item)
+        except BaseException as exc:  # surfaced by the main loop, which then shuts down
+            log.exception("output stage failed")
+            self._worker_error = exc
+            while self._handoff.get() is not None:  # keep draining so the main loop never blocks
+                pass
 
     def _publish_stats(self):
         snap = self.stats.snapshot(self.capture, self.publisher)
@@ -269,23 +311,35 @@ class Agent:
     # -- one frame ------------------------------------------------------------------------------
 
     def process(self, frame: Frame, t0: float = 0.0) -> bool:
-        """Anonymize and queue one frame; False if it was failed closed."""
-        stats, policy = self.stats, self.cfg.policy
-        stats.frames["processed"] += 1
+        """Anonymize and queue one frame on the calling thread; False if it was failed closed."""
+        return self._finish(self._analyze(frame, t0))
+
+    def _analyze(self, frame: Frame, t0: float) -> _Work:
+        """Stage 1: face analysis of this very frame (MediaPipe VIDEO mode needs one caller, in order)."""
         start = time.perf_counter()
-        budget_s = policy.frame_budget_ms / 1000.0
         rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)
         ts_ms = int((frame.monotonic - t0) * 1000) + 1
         try:
             faces, unmeshed = self.anonymizer.analyze_all(rgb, ts_ms)
         except Exception as exc:  # AnalysisFailed or anything else: this frame was not analysed
             log.warning("analysis failed on frame %d: %s", frame.seq, exc)
-            return self._fail(rgb, frame, "analysis_error")
-        t_analysis = time.perf_counter()
-        if t_analysis - start > budget_s:
+            return _Work(frame, rgb, start, time.perf_counter(), failed="analysis_error")
+        return _Work(frame, rgb, start, time.perf_counter(), faces, unmeshed)
+
+    def _finish(self, w: _Work) -> bool:
+        """Stage 2: track, replace, check, describe and queue for MQTT -- or fail closed."""
+        stats, policy = self.stats, self.cfg.policy
+        frame, rgb, start = w.frame, w.rgb, w.start
+        with stats.lock:
+            stats.frames["processed"] += 1
+        budget_s = policy.frame_budget_ms / 1000.0
+        if w.failed:
+            return self._fail(rgb, frame, w.failed)
+        if w.t_analysis - start > budget_s:
             return self._fail(rgb, frame, "over_budget")
-        faces, held = self.tracker.update(faces, frame.monotonic)
-        unmeshed, held_boxes = self.tracker.update_boxes(unmeshed, frame.monotonic)
+        t_start2 = time.perf_counter()
+        faces, held = self.tracker.update(w.faces, frame.monotonic)
+        unmeshed, held_boxes = self.tracker.update_boxes(w.unmeshed, frame.monotonic)
         t_track = time.perf_counter()
         try:
             result, jobs, timings = self.anonymizer.anonymize(rgb, faces, unmeshed)
@@ -293,6 +347,7 @@ class Agent:
             log.warning("synthesis failed on frame %d: %s", frame.seq, exc)
             return self._fail(rgb, frame, "synthesis_error")
         t_anon = time.perf_counter()
+        # The budget covers the frame's whole way, including its wait between the stages.
         if t_anon - start > budget_s:
             return self._fail(rgb, frame, "over_budget")
         if not _complete(result, jobs, unmeshed, rgb.shape):
@@ -306,32 +361,37 @@ class Agent:
             return self._fail(rgb, frame, "output_error")
         end = time.perf_counter()
 
-        stats.frames["published"] += 1
-        stats.faces["replaced"] += result.faces_replaced
-        stats.faces["masked"] += result.faces_masked
-        stats.faces["held"] += held + held_boxes
-        stats.faces["frames_with_faces"] += bool(faces)
-        stats.stage("analysis", (t_analysis - start) * 1e3)
-        stats.stage("tracking", (t_track - t_analysis) * 1e3)
-        for name in ("align", "synthesis", "compose"):
-            stats.stage(name, timings[f"{name}_ms"])
-        stats.stage("expression", (t_meta - t_anon) * 1e3)
-        stats.stage("encode", (end - t_meta) * 1e3)
-        stats.stage("total", (end - start) * 1e3)
+        with stats.lock:
+            stats.frames["published"] += 1
+            stats.faces["replaced"] += result.faces_replaced
+            stats.faces["masked"] += result.faces_masked
+            stats.faces["held"] += held + held_boxes
+            stats.faces["frames_with_faces"] += bool(faces) or bool(len(unmeshed))
+            stats.stage("analysis", (w.t_analysis - start) * 1e3)
+            stats.stage("tracking", (t_track - t_start2) * 1e3)
+            for name in ("align", "synthesis", "compose"):
+                stats.stage(name, timings[f"{name}_ms"])
+            stats.stage("expression", (t_meta - t_anon) * 1e3)
+            stats.stage("encode", (end - t_meta) * 1e3)
+            stats.stage("total", (end - start) * 1e3)
         return True
 
     def _fail(self, rgb: np.ndarray, frame: Frame, reason: str) -> bool:
-        self.stats.fail(reason)
+        published = False
         if self.cfg.policy.on_failure == "mask":
             try:
                 meta = self.build_meta(frame, rgb, [], [], status="masked", reason=reason)
                 self.publisher.publish(mask_everything(rgb), meta, frame.seq, frame.wall)
-                self.stats.frames["published"] += 1
-                self.stats.frames["published_masked"] += 1
-                return False
+                published = True
             except Exception as exc:
                 log.warning("could not publish the masked stand-in for frame %d: %s", frame.seq, exc)
-        self.stats.frames["dropped_failed"] += 1
+        with self.stats.lock:
+            self.stats.fail(reason)
+            if published:
+                self.stats.frames["published"] += 1
+                self.stats.frames["published_masked"] += 1
+            else:
+                self.stats.frames["dropped_failed"] += 1
         return False
 
     # -- metadata -------------------------------------------------------------------------------
@@ -382,6 +442,19 @@ class Agent:
             item["held"] = bool(face.extra.get("held", False))
             item["replaced"] = replaced.get(id(face), False)
         return items
+
+
+@dataclass
+class _Work:
+    """A frame between the stages: the frame, its faces, and when analysis started and ended."""
+
+    frame: Frame
+    rgb: np.ndarray
+    start: float
+    t_analysis: float
+    faces: list = field(default_factory=list)
+    unmeshed: list = field(default_factory=list)
+    failed: str | None = None
 
 
 def _complete(result: AnonymizedFrame, jobs, unmeshed, shape) -> bool:
