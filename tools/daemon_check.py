@@ -48,7 +48,7 @@ def identity_check(frames, frame_ids, source) -> dict:
         judge = DlibRecognizer()
     except (ImportError, SystemExit) as exc:
         return {"dlib": f"skipped: {exc}"}
-    matches, judged, min_dist = 0, 0, None
+    matches, judged, min_dist, dists = 0, 0, None, []
     for m, fid in zip(frames, frame_ids):
         src = cv2.cvtColor(source[fid - 1], cv2.COLOR_BGR2RGB)
         boxes = judge.detect(src)
@@ -59,10 +59,12 @@ def identity_check(frames, frame_ids, source) -> dict:
         found = judge.detect(out) or [boxes[0]]
         d = min(float(np.linalg.norm(judge.describe(out, b) - ref)) for b in found)
         judged += 1
+        dists.append(d)
         matches += d < DLIB_THRESHOLD
         min_dist = d if min_dist is None else min(min_dist, d)
     return {"dlib_frames_judged": judged, "dlib_frames_matching_person": matches,
             "dlib_min_distance": round(min_dist, 3) if min_dist is not None else None,
+            "dlib_median_distance": round(float(np.median(dists)), 3) if dists else None,
             "dlib_threshold": DLIB_THRESHOLD}
 
 
