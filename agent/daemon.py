@@ -245,6 +245,8 @@ class Agent:
         worker = threading.Thread(target=self._output_worker, name="output", daemon=True)
         worker.start()
         t0 = time.monotonic()
+        with self.stats.lock:  # rates count from the first frame, not from model loading
+            self.stats._reset_interval(t0, self.capture.counters["read"])
         next_stats = t0 + cfg.stats.interval_s
         last_frame = t0
         processed = 0
