@@ -13,7 +13,8 @@ def mosquitto(tmp_path):
     from daemon_helpers import MOSQUITTO, Broker
 
     if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto; .ci/run does this)")
+        # A required test component, not an optional one: failing beats a green run that tested nothing.
+        pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (.ci/run does this)")
     broker = Broker(tmp_path).start()
     yield broker
     broker.stop()
