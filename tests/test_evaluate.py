@@ -117,6 +117,7 @@ def test_region_baselines_change_only_the_face(astronaut):
         assert out.faces == 1
         changed = np.any(out.pixels != astronaut, axis=2)
         region = out.conditioning[..., 0] > 0
+        np.testing.assert_array_equal(region, out.region)
         assert changed.sum() > 0.5 * region.sum()
         assert not changed[~region].any()
         x0, y0, x1, y1 = (int(v) for v in out.face_box)

