@@ -90,17 +90,17 @@ def quantize_openvino(fp32: Path, out_xml: Path, calib: np.ndarray) -> None:
     ov.save_model(q, str(out_xml), compress_to_fp16=False)
 
 
-def update_sums(names: list[str]) -> None:
+def update_sums(folder: Path, names: list[str]) -> None:
     from agent.models import sha256_file
 
-    sums_path = MODELS / "SHA256SUMS"
+    sums_path = folder / "SHA256SUMS"
     lines = {}
-    for line in sums_path.read_text().splitlines():
+    for line in (sums_path.read_text() if sums_path.exists() else "").splitlines():
         if line.strip():
             digest, name = line.split(maxsplit=1)
             lines[name.lstrip("*")] = digest
     for name in names:
-        lines[name] = sha256_file(MODELS / name)
+        lines[name] = sha256_file(folder / name)
     sums_path.write_text("".join(f"{d}  {n}\n" for n, d in sorted(lines.items())))
 
 
@@ -125,25 +125,27 @@ def main(argv=None):
     ap.add_argument("--name", default="generator")
     ap.add_argument("--calibration", type=int, default=300)
     ap.add_argument("--report", type=Path, default=ROOT / "reports/generator_export.json")
+    ap.add_argument("--models", type=Path, default=MODELS, help="where the INT8 models and SHA256SUMS go")
     args = ap.parse_args(argv)
 
     g = load_generator(args.checkpoint)
     work = ROOT / "runs" / "export"
     work.mkdir(parents=True, exist_ok=True)
+    args.models.mkdir(parents=True, exist_ok=True)
     fp32 = work / f"{args.name}.fp32.onnx"
     export_onnx(g, fp32)
     print(f"ONNX FP32 -> {fp32}")
     calib = conditioning_batch(args.data / f"faces{CROP_SIZE}_train.npz", args.calibration, seed=0)
     test = conditioning_batch(args.data / f"faces{CROP_SIZE}_heldout.npz", 64, seed=1)
 
-    onnx_int8 = MODELS / f"{args.name}.int8.onnx"
-    ov_xml = MODELS / f"{args.name}.int8.xml"
+    onnx_int8 = args.models / f"{args.name}.int8.onnx"
+    ov_xml = args.models / f"{args.name}.int8.xml"
     with contextlib.chdir(work):  # the quantizers drop temporary files into the working directory
         quantize_ort(fp32, onnx_int8, calib)
         print(f"ONNX Runtime INT8 (QDQ) -> {onnx_int8}")
         quantize_openvino(fp32, ov_xml, calib)
     print(f"OpenVINO INT8 (NNCF) -> {ov_xml}")
-    update_sums([onnx_int8.name, ov_xml.name, ov_xml.with_suffix(".bin").name])
+    update_sums(args.models, [onnx_int8.name, ov_xml.name, ov_xml.with_suffix(".bin").name])
 
     with torch.no_grad():
         ref_torch = g(torch.from_numpy(test)).numpy()
