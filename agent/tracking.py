@@ -17,15 +17,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .config import PolicyConfig
+from .detect import iou
 from .faces import Face
-
-
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _alpha(dt: float, cutoff) -> np.ndarray:
