@@ -65,3 +65,21 @@ def test_train_resumes_and_exports(tiny_pack, tmp_path):
         assert y.shape == (1, 3, 128, 128) and np.isfinite(y).all()
     psnr = json.loads(report.read_text())["psnr_db"]
     assert psnr["onnx_fp32_vs_torch"] > 60
+
+
+def test_subpixel_export_form_matches_the_trained_generator():
+    """The export re-parametrization (resize+conv -> conv+depth-to-space) must not change a pixel."""
+    from tools.generator_model import EdgeGenerator, for_export
+
+    torch.manual_seed(0)
+    g = EdgeGenerator()
+    for m in g.modules():  # non-trivial BatchNorm statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    g.eval()
+    x = torch.rand(2, 3, 128, 128) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(for_export(g)(x), g(x), atol=1e-4)

@@ -2,6 +2,7 @@
 
     python -m tools.export_generator --checkpoint tools/checkpoints/generator_ema.pt
 
+The decoder is exported in its sub-pixel form (tools.generator_model.SubPixelUp: same outputs).
 Writes models/generator.int8.onnx and models/generator.int8.{xml,bin}, updates models/SHA256SUMS,
 and reports INT8-vs-FP32 parity (PSNR on held-out conditioning images) to
 reports/generator_export.json. Calibration uses real conditioning images rendered from training
@@ -21,7 +22,7 @@ import torch
 from agent.align import CROP_SIZE
 from agent.render import render_conditioning, to_network_input
 from tools.datasets import CACHE, PackedFaces
-from tools.generator_model import EdgeGenerator
+from tools.generator_model import EdgeGenerator, for_export
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -133,7 +134,7 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     args.models.mkdir(parents=True, exist_ok=True)
     fp32 = work / f"{args.name}.fp32.onnx"
-    export_onnx(g, fp32)
+    export_onnx(for_export(g), fp32)
     print(f"ONNX FP32 -> {fp32}")
     calib = conditioning_batch(args.data / f"faces{CROP_SIZE}_train.npz", args.calibration, seed=0)
     test = conditioning_batch(args.data / f"faces{CROP_SIZE}_heldout.npz", 64, seed=1)

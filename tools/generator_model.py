@@ -11,6 +11,8 @@ unet_256 is GANonymization's generator (pix2pix ``unet_256``), kept here as the 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -40,6 +42,47 @@ class Up(nn.Module):
     def forward(self, x, skip):
         x = self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         return self.refine(x + skip)
+
+
+class SubPixelUp(nn.Module):
+    """An ``Up`` block re-parametrized for export: the same function, computed at low resolution.
+
+    Nearest 2x upsampling followed by a 3x3 conv equals a 3x3 conv at the low resolution with four
+    times the output channels (one per output pixel phase) followed by depth-to-space. The runtimes'
+    nearest Resize on INT8 tensors took a quarter of the generator's time; depth-to-space moves
+    the same bytes faster, and the conv now runs on a 4x smaller, wider tensor. BatchNorm is folded.
+    """
+
+    # Rows (or columns) of the 3x3 low-res kernel as sums of the 3x3 high-res kernel's, per phase:
+    # phase 0 reads low-res offsets (-1, 0, 0), phase 1 reads (0, 0, +1).
+    PHASE = (torch.tensor([[1.0, 0, 0], [0, 1, 1], [0, 0, 0]]), torch.tensor([[0.0, 0, 0], [1, 1, 0], [0, 0, 1]]))
+
+    def __init__(self, up: Up):
+        super().__init__()
+        conv, bn = up.conv[0], up.conv[1]
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        w = conv.weight * scale[:, None, None, None]
+        cout, cin = w.shape[:2]
+        k = torch.zeros(cout, 4, cin, 3, 3)
+        for a in range(2):
+            for b in range(2):
+                k[:, a * 2 + b] = torch.einsum("ij,ocjk,lk->ocil", self.PHASE[a], w, self.PHASE[b])
+        self.conv = nn.Conv2d(cin, 4 * cout, 3, 1, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(k.reshape(4 * cout, cin, 3, 3))
+            self.conv.bias.copy_((bn.bias - bn.running_mean * scale).repeat_interleave(4))
+        self.refine = up.refine
+
+    def forward(self, x, skip):
+        return self.refine(F.pixel_shuffle(F.relu(self.conv(x)), 2) + skip)
+
+
+def for_export(g: "EdgeGenerator") -> "EdgeGenerator":
+    """The trained generator with its decoder in sub-pixel form (same outputs, faster INT8)."""
+    g = copy.deepcopy(g).eval()
+    with torch.no_grad():
+        g.up = nn.ModuleList([SubPixelUp(u) for u in g.up])
+    return g
 
 
 class EdgeGenerator(nn.Module):
