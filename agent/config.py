@@ -32,6 +32,11 @@ class AnonymizerConfig(Section):
     )
     full_range_threshold: float = Field(0.5, gt=0, lt=1)
     max_analysis_side: int = Field(1920, ge=256, description="larger frames are downscaled for analysis only")
+    identity_normalization: float = Field(
+        1.0, ge=0, le=1,
+        description="condition the generator on an average face shape with the person's expression and pose "
+        "(1), their own landmarks (0), or a blend; face shape identifies people",
+    )
     tone_match: Literal["none", "luminance"] = Field(
         "luminance", description="scale the synthetic face's brightness to the scene (never its colour)"
     )

@@ -21,6 +21,7 @@ from .config import AnonymizerConfig
 from .errors import AnoncamError
 from .faces import Face, FaceAnalyzer
 from .images import to_rgb8
+from .shape import ShapeNormalizer
 from .synthesis import FaceJob, Synthesizer
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ class Anonymizer:
             model_folder=cfg.models_dir, full_range=cfg.full_range, full_range_threshold=cfg.full_range_threshold,
         )
         self.backend = create_backend(cfg.backend, cfg.generator, cfg.models_dir, cfg.device, cfg.threads)
-        self.synthesizer = Synthesizer(self.backend)
+        shape = ShapeNormalizer(cfg.identity_normalization, cfg.models_dir) if cfg.identity_normalization > 0 else None
+        self.synthesizer = Synthesizer(self.backend, shape=shape)
 
     def analyze(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> list[Face]:
         """All faces with landmarks in ``rgb`` (any bit depth), in full-resolution pixel coordinates."""

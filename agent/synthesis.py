@@ -13,6 +13,7 @@ from .align import CROP_SIZE, alignment_matrix, transform_points
 from .backends import InferenceBackend
 from .faces import Face
 from .render import from_network_output, render_conditioning, to_network_input
+from .shape import ShapeNormalizer
 
 
 @dataclass
@@ -28,8 +29,10 @@ class FaceJob:
 
 
 class Synthesizer:
-    def __init__(self, backend: InferenceBackend, size: int = CROP_SIZE, style: str = "contours", max_batch: int = 8):
+    def __init__(self, backend: InferenceBackend, size: int = CROP_SIZE, style: str = "contours", max_batch: int = 8,
+                 shape: ShapeNormalizer | None = None):
         self.backend = backend
+        self.shape = shape
         self.size = size
         self.style = style
         self.max_batch = max_batch
@@ -37,7 +40,9 @@ class Synthesizer:
     def prepare(self, face: Face) -> FaceJob:
         m = alignment_matrix(face.landmarks, self.size)
         lm = transform_points(m, face.landmarks).astype(np.float32)
-        return FaceJob(face, m, lm, render_conditioning(lm, self.size, self.style))
+        # The mask follows the real landmarks; only the generator's view loses the person's shape.
+        drawn = lm if self.shape is None else self.shape(lm, face)
+        return FaceJob(face, m, lm, render_conditioning(drawn, self.size, self.style))
 
     def run(self, jobs: list[FaceJob]) -> list[FaceJob]:
         """Fill ``job.generated`` for each job; a batch that fails marks its jobs with ``error``."""

@@ -1,0 +1,78 @@
+"""Identity-free geometry: the person's expression and head pose on an average person's face shape.
+
+Landmarks carry the shape of a face (jaw width, eye spacing, nose length), and shape identifies
+people. MediaPipe also gives 52 blendshapes (expression) and the head rotation, which carry little
+identity. ``models/shape_model.npz`` (fitted by ``tools/fit_shape_model.py`` on training
+identities) maps those to the crop landmarks an average face makes with them; the generator is
+conditioned on that prediction instead of the person's own landmarks. ``strength`` blends the two:
+1 draws the prediction only, 0 the person's landmarks (no normalization).
+
+Only what the generator is conditioned on changes: the face region that is replaced in the frame
+still follows the person's real landmarks, so nothing of the real face shows around it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import ModelError
+from .faces import Face, rotation_to_euler
+from .models import verified_path
+
+SHAPE_MODEL = "shape_model.npz"
+
+# MediaPipe FaceLandmarker's blendshape categories, in its output order.
+BLENDSHAPES = (
+    "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight", "cheekPuff",
+    "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight", "eyeLookDownLeft", "eyeLookDownRight",
+    "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft", "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight",
+    "eyeSquintLeft", "eyeSquintRight", "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft", "jawOpen", "jawRight",
+    "mouthClose", "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft", "mouthFrownRight", "mouthFunnel", "mouthLeft",
+    "mouthLowerDownLeft", "mouthLowerDownRight", "mouthPressLeft", "mouthPressRight", "mouthPucker", "mouthRight",
+    "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthSmileLeft", "mouthSmileRight",
+    "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft", "mouthUpperUpRight", "noseSneerLeft", "noseSneerRight",
+)
+
+
+def features(blendshapes: dict[str, float], transform: np.ndarray) -> np.ndarray:
+    """Regression inputs: blendshapes, yaw and pitch terms (roll is removed by alignment), intercept.
+
+    The projected outline of a turned head moves with the sine of the angle and shrinks with its
+    square, and expressions look different on a turned head, hence the squares and the products.
+    """
+    pose = rotation_to_euler(np.asarray(transform, dtype=np.float64)[:3, :3])
+    sy, sp = math.sin(math.radians(pose["yaw"])), math.sin(math.radians(pose["pitch"]))
+    bs = np.array([blendshapes.get(name, 0.0) for name in BLENDSHAPES], dtype=np.float64)
+    angles = np.array([sy, sp, sy * sy, sp * sp, sy * sp])
+    return np.concatenate([bs, angles, bs * sy, bs * sp, [1.0]])
+
+
+class ShapeNormalizer:
+    def __init__(self, strength: float = 1.0, model_folder=None):
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError("shape normalization strength must be within 0-1")
+        path = verified_path(SHAPE_MODEL, model_folder)
+        try:
+            with np.load(path, allow_pickle=False) as d:
+                self.weights = d["weights"].astype(np.float64)
+                self.indices = d["landmark_indices"]
+                names = tuple(str(n) for n in d["blendshapes"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise ModelError(f"{path} is not a shape model ({exc}); rerun python -m tools.fit_shape_model") from exc
+        if names != BLENDSHAPES or self.weights.shape != (len(features({}, np.eye(4))), 2 * len(self.indices)):
+            raise ModelError(f"{path} was fitted for other inputs; rerun python -m tools.fit_shape_model")
+        self.strength = strength
+
+    def __call__(self, crop_landmarks: np.ndarray, face: Face) -> np.ndarray:
+        """The rendered landmark rows (``self.indices``) in crop pixels, with the identity taken out.
+
+        A face without blendshapes or pose (the landmarker always gives both; this guards against
+        a model that does not) gets its real landmarks rather than a wrong expression.
+        """
+        own = np.asarray(crop_landmarks, dtype=np.float64)[self.indices, :2]
+        if face.blendshapes is None or face.transform is None or self.strength == 0.0:
+            return own
+        average = (features(face.blendshapes, face.transform) @ self.weights).reshape(-1, 2)
+        return average + (1.0 - self.strength) * (own - average)

@@ -1,0 +1,77 @@
+"""Identity normalization of the conditioning geometry (agent/shape.py) on the shipped shape model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import skimage.data
+
+from agent.align import alignment_matrix, transform_points
+from agent.config import AnonymizerConfig
+from agent.errors import ModelError
+from agent.faces import FaceAnalyzer
+from agent.pipeline import Anonymizer
+from agent.render import RENDERED_INDICES
+from agent.shape import SHAPE_MODEL, ShapeNormalizer
+
+UPPER_LIP, LOWER_LIP = 13, 14  # inner lip midpoints in the 478-point mesh
+
+
+@pytest.fixture(scope="module")
+def face_and_crop():
+    with FaceAnalyzer(max_faces=1, full_range=False) as fa:
+        face = fa.detect(skimage.data.astronaut())[0]
+    return face, transform_points(alignment_matrix(face.landmarks), face.landmarks)
+
+
+def row(index):
+    return int(np.searchsorted(RENDERED_INDICES, index))
+
+
+def test_full_strength_ignores_the_persons_own_shape(face_and_crop):
+    face, crop = face_and_crop
+    norm = ShapeNormalizer(1.0)
+    other = crop + np.random.default_rng(0).normal(0, 3, crop.shape)  # another person's proportions
+    assert np.array_equal(norm(crop, face), norm(other, face))
+    assert norm(crop, face).shape == (len(RENDERED_INDICES), 2)
+    # Still the same face in the same place: an average shape, a few pixels from the real one.
+    assert 0.3 < np.linalg.norm(norm(crop, face) - crop[RENDERED_INDICES], axis=1).mean() < 8
+
+
+def test_zero_strength_is_the_persons_own_shape(face_and_crop):
+    face, crop = face_and_crop
+    assert np.allclose(ShapeNormalizer(0.0)(crop, face), crop[RENDERED_INDICES])
+
+
+def test_expression_drives_the_shape(face_and_crop):
+    face, crop = face_and_crop
+    norm = ShapeNormalizer(1.0)
+    closed = norm(crop, type(face)(face.landmarks, dict(face.blendshapes, jawOpen=0.0), face.transform))
+    opened = norm(crop, type(face)(face.landmarks, dict(face.blendshapes, jawOpen=0.8), face.transform))
+
+    def gap(p):
+        return p[row(LOWER_LIP), 1] - p[row(UPPER_LIP), 1]
+
+    assert gap(opened) > gap(closed) + 3  # pixels of the 128 px crop
+
+
+def test_pipeline_changes_only_what_the_generator_sees(face_and_crop):
+    img = skimage.data.astronaut()
+    jobs = {}
+    for s in (0.0, 1.0):
+        a = Anonymizer(AnonymizerConfig(backend="onnxruntime", identity_normalization=s))
+        try:
+            jobs[s] = a.process(img).jobs[0]
+        finally:
+            a.close()
+    assert np.array_equal(jobs[0.0].crop_landmarks, jobs[1.0].crop_landmarks)  # same replaced region
+    assert np.abs(jobs[0.0].conditioning.astype(int) - jobs[1.0].conditioning).sum() > 0
+
+
+def test_missing_or_tampered_shape_model_is_refused(tmp_path):
+    (tmp_path / SHAPE_MODEL).write_bytes(b"not a model")
+    (tmp_path / "SHA256SUMS").write_text(f"{'0' * 64}  {SHAPE_MODEL}\n")
+    with pytest.raises(ModelError):
+        ShapeNormalizer(1.0, tmp_path)
+    with pytest.raises(ValueError):
+        ShapeNormalizer(1.5)

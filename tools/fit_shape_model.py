@@ -1,0 +1,110 @@
+"""Fit the identity-free shape model: a face's expression and pose, drawn on an average person's geometry.
+
+Landmarks carry face shape (jaw width, eye spacing, nose length), which identifies people. MediaPipe
+also reports 52 blendshapes (expression) and the head rotation. This tool fits a ridge regression from
+(blendshapes, rotation) to the aligned 128 px crop landmarks that the generator is conditioned on,
+over training identities only. What the regression predicts is the shape an average person makes
+with that expression and pose; what it leaves unexplained is mostly the person's own shape.
+At run time ``agent.shape`` draws the prediction instead of the person's landmarks.
+
+    python -m tools.fit_shape_model            # -> models/shape_model.npz, models/SHA256SUMS
+
+Runs the camera's code path (agent.faces -> agent.align) on the shared training photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from agent.align import CROP_SIZE, alignment_matrix, transform_points
+from agent.render import RENDERED_INDICES
+from agent.shape import BLENDSHAPES, features
+from tools.datasets import CELEBA_ZIP, UTK_ZIP, decode_rgb, is_heldout_identity, iter_zip_images
+from tools.export_generator import MODELS, ROOT, update_sums
+
+_analyzer = None
+
+
+def _init():
+    global _analyzer
+    import cv2
+
+    from agent.faces import FaceAnalyzer
+
+    cv2.setNumThreads(1)
+    _analyzer = FaceAnalyzer(max_faces=1, mode="image", full_range=False)
+
+
+def _process(item):
+    identity, data = item
+    rgb = decode_rgb(data)
+    faces = _analyzer.detect(rgb) if rgb is not None else []
+    if not faces or faces[0].blendshapes is None or faces[0].transform is None:
+        return None
+    f = faces[0]
+    lm = transform_points(alignment_matrix(f.landmarks, CROP_SIZE), f.landmarks)[RENDERED_INDICES]
+    return identity, features(f.blendshapes, f.transform), lm.reshape(-1).astype(np.float32)
+
+
+def _items(limit_per_set: int):
+    """Every k-th image of each set, so the sample spans all identities; held-out ones kept apart."""
+    for zpath, src in ((CELEBA_ZIP, "celeba"), (UTK_ZIP, "utkface")):
+        names = list(iter_zip_images(zpath))
+        step = max(1, len(names) // limit_per_set)
+        for name, data in names[::step][:limit_per_set]:
+            yield (name.split("/")[0] if src == "celeba" else "utk:" + name.rsplit("/", 1)[-1]), data
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    """Least squares with an L2 penalty on everything but the intercept (the last column of x)."""
+    reg = lam * np.eye(x.shape[1])
+    reg[-1, -1] = 0.0
+    return np.linalg.solve(x.T @ x + reg, x.T @ y)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--per-set", type=int, default=2500, help="photos sampled from each face set")
+    ap.add_argument("--ridge", type=float, default=1.0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--models", type=Path, default=MODELS)
+    ap.add_argument("--report", type=Path, default=ROOT / "reports/shape_model.json")
+    args = ap.parse_args(argv)
+
+    rows = {"train": [], "heldout": []}
+    items = list(_items(args.per_set))
+    with mp.get_context("spawn").Pool(args.workers, initializer=_init) as pool:
+        for r in tqdm(pool.imap(_process, items, chunksize=16), total=len(items), desc="analyse faces"):
+            if r is not None:
+                rows["heldout" if is_heldout_identity(r[0]) else "train"].append(r[1:])
+    xs, ys = (np.stack(v) for v in zip(*rows["train"]))
+    xh, yh = (np.stack(v) for v in zip(*rows["heldout"]))
+    w = fit_ridge(xs, ys, args.ridge)
+
+    def explained(x, y):
+        return 1.0 - float(((y - x @ w) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
+
+    # Mean landmark displacement between a face and its identity-free version, in 128 px crop pixels.
+    moved = float(np.linalg.norm((yh - xh @ w).reshape(len(yh), -1, 2), axis=2).mean())
+    args.models.mkdir(parents=True, exist_ok=True)
+    out = args.models / "shape_model.npz"
+    np.savez(out, weights=w.astype(np.float32), blendshapes=np.array(BLENDSHAPES),
+             landmark_indices=RENDERED_INDICES.astype(np.int32), crop_size=np.int32(CROP_SIZE))
+    update_sums(args.models, [out.name])
+    report = {"train_faces": len(xs), "heldout_faces": len(xh), "ridge": args.ridge,
+              "variance_explained_train": explained(xs, ys), "variance_explained_heldout": explained(xh, yh),
+              "mean_landmark_shift_px_heldout": moved, "model": str(out.name), "size_kb": round(out.stat().st_size / 1e3, 1)}
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
