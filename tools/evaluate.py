@@ -210,11 +210,11 @@ class AnoncamMethod:
         from agent.pipeline import Anonymizer
 
         cfg = AnonymizerConfig(backend=args.backend, threads=args.threads, generator=args.generator,
-                               models_dir=args.models_dir, identity_normalization=args.identity_normalization)
+                               models_dir=args.models_dir, identity_normalization=args.identity_normalization, feather=args.feather)
         self.anonymizer = Anonymizer(cfg, mode="image")
         self.settings = {"backend": args.backend, "backend_class": type(self.anonymizer.backend).__name__,
                          "generator": args.generator, "generator_sha256": _generator_sha(args),
-                         "identity_normalization": args.identity_normalization,
+                         "identity_normalization": args.identity_normalization, "feather": args.feather,
                          "feather": cfg.feather, "tone_match": cfg.tone_match}
 
     def __call__(self, rgb: np.ndarray) -> Output:
@@ -678,6 +678,8 @@ def main(argv=None):
     ap.add_argument("--models-dir", type=Path, default=None, help="models folder (default: the checkout's models/)")
     ap.add_argument("--identity-normalization", type=float, default=AnonymizerConfig().identity_normalization,
                     help="anoncam: 1 = average face shape with the person's expression, 0 = their own landmarks")
+    ap.add_argument("--feather", type=float, default=AnonymizerConfig().feather,
+                    help="anoncam: mask edge softness beyond the face oval, as a fraction of the face size")
     ap.add_argument("--threads", type=int, default=1, help="generator inference threads (the CPU is shared)")
     ap.add_argument("--limit", type=int, default=0, help="only N held-out photos, spread over identities (0 = all 1200)")
     ap.add_argument("--fer-limit", type=int, default=1000, help="FER val faces, class-stratified random subset (0 = all 5383)")
