@@ -83,3 +83,18 @@ def test_subpixel_export_form_matches_the_trained_generator():
     x = torch.rand(2, 3, 128, 128) * 2 - 1
     with torch.no_grad():
         assert torch.allclose(for_export(g)(x), g(x), atol=1e-4)
+
+
+def test_expression_loss_compares_the_judges_views(tiny_pack):
+    """The expression-consistency loss: zero for the same face, positive for another, and it trains the fake."""
+    from tools.datasets import PackedFaces
+    from tools.emotion_model import load_emotion_cnn
+    from tools.train_generator import expression_kl, to_net
+
+    judge = load_emotion_cnn()
+    real = to_net(torch.from_numpy(PackedFaces(tiny_pack / "faces128_train.npz").image(0)[None]))
+    assert expression_kl(judge, real, real).item() == pytest.approx(0.0, abs=1e-6)
+    fake = torch.zeros_like(real, requires_grad=True)  # a flat grey "face"
+    loss = expression_kl(judge, real, fake)
+    loss.backward()
+    assert loss.item() > 0.01 and fake.grad.abs().sum() > 0

@@ -1,5 +1,9 @@
 """Train the edge generator: landmark conditioning -> face crop (LSGAN + masked L1 + feature matching).
 
+With ``--expression W`` it adds an expression-consistency loss: the frozen emotion CNN of the
+metadata stage (tools/checkpoints/emotion_cnn.pt, trained on FER2013 train; never the independent
+judge used by tools/evaluate.py) scores the composite face, which must match its scores of the real one.
+
     python -m tools.train_generator --minutes 30                      # CPU, resumes runs/generator
     python -m tools.train_generator --minutes 9 --data DIR --run DIR  # same script on a CUDA GPU
 
@@ -79,6 +83,19 @@ def jitter(tensors, strength: float):
     return [F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=False) for t in tensors]
 
 
+def expression_kl(judge, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """KL(judge(real) || judge(fake)) per face, averaged: how far the fake's expression is from the real's.
+
+    Soft targets keep the judge's uncertainty about the real face; gradients reach only ``fake``.
+    """
+    from tools.emotion_model import aligned_rgb_to_input
+
+    with torch.no_grad():
+        target = F.softmax(judge(aligned_rgb_to_input(real, (-1, 1))), 1)
+    logp = F.log_softmax(judge(aligned_rgb_to_input(fake, (-1, 1))), 1)
+    return (target * (target.clamp_min(1e-8).log() - logp)).sum(1).mean()
+
+
 def save_grid(path: Path, cond, fake, real):
     rows = []
     for c, f, r in zip(cond, fake, real):
@@ -98,6 +115,8 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--l1", type=float, default=100.0)
     ap.add_argument("--fm", type=float, default=10.0, help="discriminator feature-matching weight")
+    ap.add_argument("--expression", type=float, default=0.0,
+                    help="weight of the expression-consistency loss (frozen emotion CNN); 0 = off")
     ap.add_argument("--style", default="contours")
     ap.add_argument("--workers", type=int, default=max(1, min(16, mp.cpu_count())))
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training faces (smoke runs)")
@@ -142,6 +161,11 @@ def main(argv=None):
         G_ema.load_state_dict(G.state_dict())
     for p in G_ema.parameters():
         p.requires_grad_(False)
+    judge = None
+    if args.expression > 0:
+        from tools.emotion_model import load_emotion_cnn
+
+        judge = load_emotion_cnn(map_location=dev)
 
     amp = dict(device_type="cuda", dtype=torch.bfloat16) if dev.type == "cuda" else dict(device_type="cpu", enabled=False)
     budget = args.minutes * 60
@@ -193,6 +217,10 @@ def main(argv=None):
             weight = 0.1 + 0.9 * mask
             l1 = (weight * (fake.float() - real.float()).abs()).mean() / weight.mean()
             loss_g = adv + args.fm * fm + args.l1 * l1
+            expr = torch.zeros((), device=dev)
+            if judge is not None:
+                expr = expression_kl(judge, real.float(), comp.float())
+                loss_g = loss_g + args.expression * expr
         optG.zero_grad(set_to_none=True)
         loss_g.backward()
         optG.step()
@@ -202,7 +230,7 @@ def main(argv=None):
         step += 1
         if step % 50 == 0:
             rec = {"step": step, "t": round(trained_s + time.time() - t_start, 1), "loss_d": float(loss_d), "adv": float(adv),
-                   "fm": float(fm), "l1": float(l1), "d_real": float(sum(r[0].float().mean() for r in d_real) / 2),
+                   "fm": float(fm), "l1": float(l1), "expr_kl": float(expr), "d_real": float(sum(r[0].float().mean() for r in d_real) / 2),
                    "d_fake": float(sum(f[0].float().mean() for f in d_fake) / 2), "lr": lr,
                    "samples_per_s": round((step - start_step) * batch / max(1e-6, time.time() - t_start), 1)}
             log.write(json.dumps(rec) + "\n")
