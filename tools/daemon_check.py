@@ -1,6 +1,6 @@
 """Measure the daemon end to end on a real clip, broker and subscriber (the issue's acceptance figures).
 
-    python tools/daemon_check.py [--clip FILE] [--seconds 10]
+    python tools/daemon_check.py [--clip FILE] [--seconds 10]     # -> reports/daemon_check.json
 
 Without --clip it writes a 640x480 15 fps clip of scikit-image's astronaut (public domain) moving.
 It starts mosquitto on a free loopback port, runs ``anoncam run`` on the clip in real time (frames
@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clip", type=Path, help="640x480 video with one face (default: generated astronaut clip)")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the generated clip")
     ap.add_argument("--no-expression", action="store_true", help="run the agent with expression.enabled: false")
+    ap.add_argument("--report", type=Path, default=ROOT / "reports/daemon_check.json")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="anoncam-check-"))
     clip = args.clip or make_clip(work / "astronaut.avi", frames=int(args.seconds * 15))
@@ -132,6 +133,8 @@ def main(argv=None) -> int:
         report["retained_after_kill9"] = (retained(broker.port, "check/k9/availability") or b"").decode()
     finally:
         broker.stop()
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
 

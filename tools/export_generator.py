@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -119,19 +120,7 @@ def run_openvino(xml: Path, x: np.ndarray) -> np.ndarray:
     return np.concatenate([c(x[i:i + 1])[0] for i in range(len(x))])
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", type=Path, default=ROOT / "tools/checkpoints/generator_ema.pt")
-    ap.add_argument("--data", type=Path, default=CACHE)
-    ap.add_argument("--name", default="generator")
-    ap.add_argument("--calibration", type=int, default=300)
-    ap.add_argument("--report", type=Path, default=ROOT / "reports/generator_export.json")
-    ap.add_argument("--models", type=Path, default=MODELS, help="where the INT8 models and SHA256SUMS go")
-    args = ap.parse_args(argv)
-
-    g = load_generator(args.checkpoint)
-    work = ROOT / "runs" / "export"
-    work.mkdir(parents=True, exist_ok=True)
+def export(g: EdgeGenerator, args, work: Path) -> None:
     args.models.mkdir(parents=True, exist_ok=True)
     fp32 = work / f"{args.name}.fp32.onnx"
     export_onnx(for_export(g), fp32)
@@ -164,6 +153,22 @@ def main(argv=None):
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, default=ROOT / "tools/checkpoints/generator_ema.pt")
+    ap.add_argument("--data", type=Path, default=CACHE)
+    ap.add_argument("--name", default="generator")
+    ap.add_argument("--calibration", type=int, default=300)
+    ap.add_argument("--report", type=Path, default=ROOT / "reports/generator_export.json")
+    ap.add_argument("--models", type=Path, default=MODELS, help="where the INT8 models and SHA256SUMS go")
+    args = ap.parse_args(argv)
+
+    g = load_generator(args.checkpoint)
+    # Each export works in its own folder: the FP32 model must be this checkpoint's, never a leftover.
+    with tempfile.TemporaryDirectory(prefix="anoncam-export-") as tmp:
+        export(g, args, Path(tmp))
     return 0
 
 
