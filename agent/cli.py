@@ -12,7 +12,7 @@ from . import __version__
 from .errors import AnoncamError
 
 # Modules providing subcommands, in the order `anoncam --help` lists them.
-COMMAND_MODULES = ("agent.stills", "agent.analyze", "agent.daemon")
+COMMAND_MODULES = ("agent.stills", "agent.analyze", "agent.daemon", "agent.bench", "agent.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

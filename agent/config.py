@@ -23,7 +23,8 @@ class AnonymizerConfig(Section):
 
     backend: Literal["openvino", "onnxruntime", "auto"] = "auto"
     device: str = Field("CPU", description="OpenVINO device: CPU, GPU, NPU (ignored by onnxruntime)")
-    threads: int = Field(0, ge=0, description="inference threads; 0 lets the runtime decide")
+    threads: int = Field(0, ge=0, description="inference threads; 0: half the cores in `anoncam run` (analysis and "
+                                              "synthesis run side by side), the runtime's choice elsewhere")
     generator: str = Field("generator.int8", description="model base name in the models folder")
     max_faces: int = Field(8, ge=1, le=64)
     min_detection_confidence: float = Field(0.5, gt=0, lt=1)
@@ -142,7 +143,8 @@ class ExpressionConfig(Section):
     enabled: bool = Field(True, description="compute and publish expression metadata for every face")
     backend: Literal["openvino", "onnxruntime", "auto"] = "auto"
     device: str = Field("CPU", description="OpenVINO device: CPU, GPU, NPU (ignored by onnxruntime)")
-    threads: int = Field(0, ge=0, description="inference threads; 0 lets the runtime decide")
+    threads: int = Field(0, ge=0, description="inference threads; 0: half the cores in `anoncam run` (analysis and "
+                                              "synthesis run side by side), the runtime's choice elsewhere")
     classifier: str = Field("emotion.int8", description="emotion CNN base name in the models folder")
     flip_tta: bool = Field(True, description="average the classifier over the face and its mirror image")
     check_anonymized: bool = Field(True, description="classify each synthetic face too and report expression_kept")

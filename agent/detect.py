@@ -25,7 +25,8 @@ class FullRangeDetector:
 
         path = verified_path(DETECTOR_MODEL, model_folder)
         try:
-            config = {"PERFORMANCE_HINT": "LATENCY"}
+            # Unpinned: it runs while the generator does, on the other core (see agent.backends).
+            config = {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
             if threads:
                 config["INFERENCE_NUM_THREADS"] = threads
             self._model = ov.Core().compile_model(ov.Core().read_model(str(path)), "CPU", config)

@@ -73,6 +73,7 @@ class FaceAnalyzer:
         model_folder=None,
         full_range: bool = True,
         full_range_threshold: float = 0.5,
+        threads: int = 0,
     ):
         from mediapipe.tasks.python import vision
 
@@ -101,7 +102,7 @@ class FaceAnalyzer:
         if full_range:
             from .detect import FullRangeDetector
 
-            self._detector = FullRangeDetector(full_range_threshold, model_folder)
+            self._detector = FullRangeDetector(full_range_threshold, model_folder, threads)
             self._roi_landmarker = make(vision.RunningMode.IMAGE, 1)
         self.mode = mode
         self.max_faces = max_faces

@@ -48,6 +48,7 @@ class Anonymizer:
         self.analyzer = FaceAnalyzer(
             max_faces=cfg.max_faces, mode=mode, min_detection_confidence=cfg.min_detection_confidence,
             model_folder=cfg.models_dir, full_range=cfg.full_range, full_range_threshold=cfg.full_range_threshold,
+            threads=cfg.threads,  # the full-range detector is an inference like the generator
         )
         self.backend = create_backend(cfg.backend, cfg.generator, cfg.models_dir, cfg.device, cfg.threads)
         shape = ShapeNormalizer(cfg.identity_normalization, cfg.models_dir) if cfg.identity_normalization > 0 else None
