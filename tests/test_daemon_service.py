@@ -79,3 +79,78 @@ def test_unit_verifies_and_scores_at_most_2(tmp_path):
     m = re.search(r"Overall exposure level for anoncam\.service: ([\d.]+)", sec.stdout)
     assert m, sec.stdout + sec.stderr
     assert float(m.group(1)) <= 2.0, sec.stdout
+
+
+def test_watchdog_pings_stop_when_the_camera_stops_delivering(mosquitto, astronaut_clip, tmp_path, monkeypatch):
+    """A camera that stays 'open' but sends nothing must let systemd's watchdog fire: pings only while frames flow.
+
+    The V4L2 device is the one mocked part (a hardware edge): it serves the clip's frames, then every
+    read fails, as an unplugged camera does; the agent keeps reconnecting and must stop pinging.
+    """
+    import threading
+    import time
+
+    from agent.capture import Capture
+    from agent.config import Config
+    from agent.daemon import Agent
+    from tests.daemon_helpers import read_frames, wait_for
+
+    frames = read_frames(astronaut_clip)[:12]
+    remaining = list(frames)
+    lock = threading.Lock()
+
+    class Camera:
+        def isOpened(self):
+            return True
+
+        def read(self):
+            time.sleep(1 / 15)
+            with lock:
+                return (True, remaining.pop(0)) if remaining else (False, None)
+
+        def release(self):
+            pass
+
+        def get(self, prop):
+            return 0.0
+
+    class StallingCameraAgent(Agent):
+        def _new_capture(self):
+            return Capture(self.cfg.capture, opener=lambda source, cfg: Camera())
+
+    sock = _receiver(str(tmp_path / "notify"))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # pings every 0.2 s while healthy
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    stall_s = 1.0
+    cfg = Config.model_validate({
+        "capture": {"source": "/dev/video0", "reconnect_min_s": 0.05, "reconnect_max_s": 0.2},
+        "mqtt": {"host": "127.0.0.1", "port": mosquitto.port, "prefix": "test", "camera": "wd"},
+        "expression": {"enabled": False}, "service": {"watchdog_stall_s": stall_s},
+    })
+    agent = StallingCameraAgent(cfg)
+    runner = threading.Thread(target=agent.run, daemon=True)
+    pings: list[float] = []
+    sock.settimeout(0.05)
+
+    def drain():
+        try:
+            while True:
+                if b"WATCHDOG=1" in sock.recv(256):
+                    pings.append(time.monotonic())
+        except (socket.timeout, BlockingIOError):
+            return
+
+    runner.start()
+    try:
+        assert wait_for(lambda: drain() or (agent.capture is not None and agent.capture.counters["read"] >= len(frames)), 120)
+        frames_ended = time.monotonic()
+        wait_for(lambda: drain() or time.monotonic() > frames_ended + stall_s + 2.0, 10)
+    finally:
+        agent.stop()
+        runner.join(30)
+        sock.close()
+    assert any(t < frames_ended for t in pings), "no watchdog pings while frames flowed"
+    late = [round(t - frames_ended, 2) for t in pings if t > frames_ended + stall_s + 0.5]
+    assert not late, f"watchdog still pinged {late} s after the camera stopped sending"
+    assert not runner.is_alive()
