@@ -20,6 +20,7 @@ import torch
 from tools.datasets import CACHE
 from tools.emotion_model import CHECKPOINT, EmotionCNN
 from tools.export_generator import update_sums
+from tools.quantize import quantize_openvino, quantize_ort
 from tools.train_emotion import load_split
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,47 +32,17 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, input
                       dynamic_axes={input_name: {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
 
 
-def quantize_ort(fp32: Path, out: Path, calib: np.ndarray, input_name: str) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{input_name: calib[i:i + 32]} for i in range(0, len(calib), 32)])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    pre = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(pre))
-    # reduce_range: 7-bit weights. ONNX Runtime's u8*s8 kernels on AVX2 (this CPU, no VNNI) sum
-    # pairs of products in int16 and saturate with full-range weights; measured on FER val, full
-    # range kept only 78 % of the FP32 labels, 7 bits keep them (reports/emotion_export.json).
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-    pre.unlink()
-
-
-def quantize_openvino(fp32: Path, out_xml: Path, calib: np.ndarray) -> None:
-    import nncf
-    import openvino as ov
-
-    model = ov.Core().read_model(str(fp32))
-    dataset = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
-    q = nncf.quantize(model, dataset, subset_size=len(calib), preset=nncf.QuantizationPreset.PERFORMANCE)
-    ov.save_model(q, str(out_xml), compress_to_fp16=False)
-
-
 def _export(name: str, model: torch.nn.Module, example: torch.Tensor, calib: np.ndarray, input_name: str, work: Path) -> list[str]:
     fp32 = work / f"{name}.fp32.onnx"
     export_onnx(model, example, fp32, input_name)
     onnx_int8 = MODELS / f"{name}.int8.onnx"
     ov_xml = MODELS / f"{name}.int8.xml"
     with contextlib.chdir(work):  # the quantizers drop temporary files into the working directory
-        quantize_ort(fp32, onnx_int8, calib, input_name)
-        quantize_openvino(fp32, ov_xml, calib)
+        # reduce_range: 7-bit weights. ONNX Runtime's u8*s8 kernels on AVX2 (this CPU, no VNNI) sum
+        # pairs of products in int16 and saturate with full-range weights; measured on FER val, full
+        # range kept only 78 % of the FP32 labels, 7 bits keep them (reports/emotion_export.json).
+        quantize_ort(fp32, onnx_int8, calib, input_name, batch=32, method="minmax", reduce_range=True)
+        quantize_openvino(fp32, ov_xml, calib, preset="performance")
     print(f"{name}: ONNX Runtime INT8 -> {onnx_int8}, OpenVINO INT8 -> {ov_xml}")
     return [onnx_int8.name, ov_xml.name, ov_xml.with_suffix(".bin").name]
 

@@ -24,6 +24,7 @@ from agent.align import CROP_SIZE
 from agent.render import render_conditioning, to_network_input
 from tools.datasets import CACHE, PackedFaces
 from tools.generator_model import EdgeGenerator, for_export
+from tools.quantize import quantize_openvino, quantize_ort
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -54,42 +55,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR of two [-1, 1] images, on the 0-255 scale."""
     mse = float(np.mean(((a - b) * 127.5) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
-
-
-def quantize_ort(fp32: Path, out: Path, calib: np.ndarray) -> None:
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"conditioning": calib[i:i + 1]} for i in range(len(calib))])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    pre = out.with_suffix(".pre.onnx")
-    # Symbolic shape inference cannot follow the nearest-neighbour Resize scales; ONNX's own does.
-    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    keep_fp32 = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv" and n.name.startswith(FP32_PREFIXES)]
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=keep_fp32,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-    pre.unlink()
-
-
-def quantize_openvino(fp32: Path, out_xml: Path, calib: np.ndarray) -> None:
-    import nncf
-    import openvino as ov
-
-    model = ov.Core().read_model(str(fp32))
-    dataset = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
-    keep_fp32 = [op.get_friendly_name() for op in model.get_ops()
-                 if op.get_type_name() == "Convolution" and op.get_friendly_name().startswith(FP32_PREFIXES)]
-    q = nncf.quantize(model, dataset, subset_size=len(calib), preset=nncf.QuantizationPreset.MIXED,
-                      ignored_scope=nncf.IgnoredScope(names=keep_fp32))
-    ov.save_model(q, str(out_xml), compress_to_fp16=False)
 
 
 def update_sums(folder: Path, names: list[str]) -> None:
@@ -131,9 +96,10 @@ def export(g: EdgeGenerator, args, work: Path) -> None:
     onnx_int8 = args.models / f"{args.name}.int8.onnx"
     ov_xml = args.models / f"{args.name}.int8.xml"
     with contextlib.chdir(work):  # the quantizers drop temporary files into the working directory
-        quantize_ort(fp32, onnx_int8, calib)
+        # Symbolic shape inference cannot follow the nearest-neighbour Resize scales; ONNX's own does.
+        quantize_ort(fp32, onnx_int8, calib, "conditioning", fp32_prefixes=FP32_PREFIXES, skip_symbolic_shape=True)
         print(f"ONNX Runtime INT8 (QDQ) -> {onnx_int8}")
-        quantize_openvino(fp32, ov_xml, calib)
+        quantize_openvino(fp32, ov_xml, calib, preset="mixed", fp32_prefixes=FP32_PREFIXES)
     print(f"OpenVINO INT8 (NNCF) -> {ov_xml}")
     update_sums(args.models, [onnx_int8.name, ov_xml.name, ov_xml.with_suffix(".bin").name])
 
