@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.detect import iou
 from tools import evaluate as ev
 
 
@@ -140,7 +141,7 @@ def test_dlib_judge_on_astronaut(astronaut):
     grey = astronaut.copy()
     x0, y0, x1, y1 = box
     grey[y0:y1, x0:x1] = 128
-    assert all(ev.box_iou(b, box) < 0.3 for b in rec.detect(grey))
+    assert all(iou(b, box) < 0.3 for b in rec.detect(grey))
     assert np.linalg.norm(rec.describe(grey, box) - d) > ev.DLIB_THRESHOLD
 
 

@@ -50,6 +50,7 @@ import numpy as np
 from tqdm import tqdm
 
 from agent.config import AnonymizerConfig
+from agent.detect import iou
 from tools.datasets import CACHE, CELEBA_ZIP, FER_VAL_ZIP, SHARED, decode_rgb, is_heldout_identity
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,14 +123,6 @@ def stratified_sample(labels: list[str], limit: int, seed: int) -> np.ndarray:
         idx = np.flatnonzero(labels == c)
         chosen.extend(rng.choice(idx, size=min(quota[c], len(idx)), replace=False).tolist())
     return np.array(sorted(chosen))
-
-
-def box_iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 # ---------------------------------------------------------------- judges
@@ -206,7 +199,6 @@ class Output:
 
 class AnoncamMethod:
     def __init__(self, args):
-        from agent.config import AnonymizerConfig
         from agent.pipeline import Anonymizer
 
         cfg = AnonymizerConfig(backend=args.backend, threads=args.threads, generator=args.generator,
@@ -394,7 +386,7 @@ def evaluate_identity(method, recognizer: DlibRecognizer, args, samples: list) -
             if not has_orig:
                 continue  # nothing to compare against: counted, not scored
             obox = tuple(int(v) for v in orig["boxes"][i])
-            box = max(found, key=lambda b: box_iou(b, obox)) if found else obox
+            box = max(found, key=lambda b: iou(b, obox)) if found else obox
             d = recognizer.describe(anon, box)
             anon_desc.append(d)
             keys.append(name)
