@@ -165,6 +165,7 @@ class ExpressionAnalyzer:
         self.smoother = TrackSmoother(1.0 - cfg.smoothing) if cfg.smoothing > 0 else None
         self.checked = 0
         self.kept = 0
+        self._anon_scores: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # track id -> (synthetic crop, its scores)
 
     @property
     def agreement(self) -> dict:
@@ -186,9 +187,20 @@ class ExpressionAnalyzer:
         # Synthetic faces go through the same classifier in the same batch (one backend call).
         by_face = {id(j.face): j for j in (jobs or [])}
         gen_rows = [i for i, f in enumerate(faces) if i in rows and id(f) in by_face and by_face[id(f)].generated is not None]
-        crops += [crop_to_input(by_face[id(faces[i])].generated) for i in gen_rows]
+        # A synthetic crop carried over from an earlier frame (Synthesizer's regenerate_every) is
+        # the very same array, so its scores from that frame still hold.
+        anon, fresh = {}, []
+        for i in gen_rows:
+            hit = self._anon_scores.get(faces[i].track_id)
+            if hit is not None and hit[0] is by_face[id(faces[i])].generated:
+                anon[i] = hit[1]
+            else:
+                fresh.append(i)
+        crops += [crop_to_input(by_face[id(faces[i])].generated) for i in fresh]
         probs = self.classifier.probabilities(np.stack(crops) if crops else np.zeros((0, CROP_SIZE, CROP_SIZE), np.uint8))
-        anon = dict(zip(gen_rows, probs[len(rows):]))
+        anon.update(zip(fresh, probs[len(rows):]))
+        self._anon_scores = {faces[i].track_id: (by_face[id(faces[i])].generated, anon[i])
+                             for i in anon if faces[i].track_id is not None}
         out = []
         for i, face in enumerate(faces):
             scores, pose = (probs[rows[i]] if i in rows else None), face.head_pose()

@@ -52,7 +52,7 @@ class Anonymizer:
         )
         self.backend = create_backend(cfg.backend, cfg.generator, cfg.models_dir, cfg.device, cfg.threads)
         shape = ShapeNormalizer(cfg.identity_normalization, cfg.models_dir) if cfg.identity_normalization > 0 else None
-        self.synthesizer = Synthesizer(self.backend, shape=shape)
+        self.synthesizer = Synthesizer(self.backend, shape=shape, regenerate_every=cfg.regenerate_every)
 
     def analyze(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> list[Face]:
         """All faces with landmarks in ``rgb`` (any bit depth), in full-resolution pixel coordinates."""

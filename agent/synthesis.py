@@ -26,16 +26,30 @@ class FaceJob:
     conditioning: np.ndarray  # (S, S, 3) uint8 RGB
     generated: np.ndarray | None = None  # (S, S, 3) uint8 RGB, None if synthesis failed
     error: str | None = None
+    reused: bool = False  # generated is this track's crop from an earlier frame (see Synthesizer)
 
 
 class Synthesizer:
+    """Conditioning images through the generator.
+
+    In streams, ``regenerate_every=N`` lets a tracked face keep its synthetic crop for up to N
+    frames. The crop lives in the aligned crop space, and compose warps it with the current frame's
+    alignment and masks it with the current face oval. So position, scale, rotation and coverage
+    follow the face on every frame; only the expression can lag, by at most N-1 frames. Faces
+    without a track id (stills) are always generated. Regeneration is spread over the frames so
+    each frame generates about 1/N of its faces, rather than all of them every Nth frame.
+    """
+
     def __init__(self, backend: InferenceBackend, size: int = CROP_SIZE, style: str = "contours", max_batch: int = 8,
-                 shape: ShapeNormalizer | None = None):
+                 shape: ShapeNormalizer | None = None, regenerate_every: int = 1):
         self.backend = backend
         self.shape = shape
         self.size = size
         self.style = style
         self.max_batch = max_batch
+        self.regenerate_every = regenerate_every
+        self._frame = 0
+        self._crops: dict[int, tuple[np.ndarray, int]] = {}  # track id -> (generated crop, frame it was made)
 
     def prepare(self, face: Face) -> FaceJob:
         m = alignment_matrix(face.landmarks, self.size)
@@ -45,7 +59,47 @@ class Synthesizer:
         return FaceJob(face, m, lm, render_conditioning(drawn, self.size, self.style))
 
     def run(self, jobs: list[FaceJob]) -> list[FaceJob]:
-        """Fill ``job.generated`` for each job; a batch that fails marks its jobs with ``error``."""
+        """Fill ``job.generated`` for each job; a batch that fails marks its jobs with ``error``.
+
+        One call is one frame: tracked faces may get their crop from an earlier call."""
+        self._frame += 1
+        fresh = self._select(jobs)
+        self._generate(fresh)
+        crops = {}
+        for j in jobs:
+            tid = j.face.track_id
+            if tid is None:
+                continue
+            if j.generated is not None and not j.reused:
+                crops[tid] = (j.generated, self._frame)
+            elif j.reused:
+                crops[tid] = self._crops[tid]
+        self._crops = crops  # tracks not in this frame are forgotten
+        return jobs
+
+    def _select(self, jobs: list[FaceJob]) -> list[FaceJob]:
+        """Reuse what the cadence allows; return the jobs that need the generator now."""
+        n = self.regenerate_every
+        if n <= 1:
+            return jobs
+        due, spare = [], []
+        for j in jobs:
+            cached = self._crops.get(j.face.track_id) if j.face.track_id is not None else None
+            if cached is None or self._frame - cached[1] >= n:
+                due.append(j)
+            else:
+                spare.append((cached[1], j.face.track_id, j))
+        # Top up to a steady share, oldest crops first, so a group of faces that appeared together
+        # does not all fall due on the same frame.
+        share = len(jobs) // n
+        spare.sort(key=lambda item: item[:2])
+        while len(due) < share and spare:
+            due.append(spare.pop(0)[2])
+        for _, tid, j in spare:
+            j.generated, j.reused = self._crops[tid][0], True
+        return due
+
+    def _generate(self, jobs: list[FaceJob]):
         for start in range(0, len(jobs), self.max_batch):
             chunk = jobs[start:start + self.max_batch]
             try:
@@ -57,4 +111,3 @@ class Synthesizer:
             except Exception as exc:  # any failure here must end in masking, never in a raw face
                 for j in chunk:
                     j.error = f"{type(exc).__name__}: {exc}"
-        return jobs
