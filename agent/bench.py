@@ -423,14 +423,15 @@ def _children_cpu_s() -> float:
 
 # -- parent: scenes, children, report -------------------------------------------------------------
 
-def measure(backends, frames: int, warmup: int, threads: int | None, config: Path | None = None) -> dict:
+def measure(backends, frames: int, warmup: int, threads: int | None, config: Path | None = None,
+            scenes: tuple[Scene, ...] = SCENES) -> dict:
     """Write each scene, bench every backend on it in a child process, and assemble the report."""
     defaults = load_config(config)  # validated here, so a bad file fails before any scene is made
     load_before = os.getloadavg()
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="anoncam-bench-") as tmp:
         workdir = Path(tmp)
-        for scene in SCENES:
+        for scene in scenes:
             path = write_scene(scene, warmup + frames, workdir / f"{scene.name}.bgr")
             for backend in backends:
                 log.info("bench: %s on %s (%d frames after %d warm-up)", backend, scene.name, frames, warmup)
@@ -445,9 +446,10 @@ def measure(backends, frames: int, warmup: int, threads: int | None, config: Pat
                      "jpeg_quality": defaults.mqtt.jpeg_quality,
                      "expression": defaults.expression.enabled, "flip_tta": defaults.expression.flip_tta,
                      "check_anonymized": defaults.expression.check_anonymized,
+                     "regenerate_every": defaults.anonymizer.regenerate_every,
                      "threads": threads if threads is not None else defaults.anonymizer.threads,
                      "threads_used": max(r["threads"] for per in results.values() for r in per.values())},
-        "scenes": {s.name: {"width": s.width, "height": s.height, "faces": len(s.people)} for s in SCENES},
+        "scenes": {s.name: {"width": s.width, "height": s.height, "faces": len(s.people)} for s in scenes},
         "results": {b: {"peak_rss_mb": max(r["peak_rss_mb"] for r in per.values()), "scenes": per}
                     for b, per in results.items()},
         "targets": evaluate(results),
@@ -500,7 +502,8 @@ def format_report(report: dict) -> str:
     lines = [f"anoncam bench: {m['cpu']}, {m['cores']} cores; {s['frames']} frames per scene after {s['warmup']} "
              f"warm-up; {s['threads_used']} inference thread(s) per runtime"
              + (" (config 0: half the cores)" if not s["threads"] else ""),
-             f"config {s['config'] or 'defaults'}: expression {expression}, JPEG quality {s['jpeg_quality']}"]
+             f"config {s['config'] or 'defaults'}: expression {expression}, JPEG quality {s['jpeg_quality']}, "
+             f"synthetic faces made anew every {s.get('regenerate_every', 1)} frame(s)"]
     for name, scene in report["scenes"].items():
         lines += [""] + _scene_table(report, name, scene)
     lines += ["", "frame time: wall time per frame at full throughput (analysis of a frame overlaps the rest of",
@@ -584,6 +587,7 @@ def register(sub):
                    help="timed frames per scene (default 150); they wait in a temporary raw file, 2.8 MB each at 720p")
     p.add_argument("--warmup", type=int, default=10, help="frames run before timing starts (default 10)")
     p.add_argument("--backend", choices=BACKENDS, help="run only this inference backend (default: both)")
+    p.add_argument("--scene", choices=list(SCENE_BY_NAME), help="run only this scene (default: both)")
     p.add_argument("--threads", type=int, help="inference threads for the detector, generator and emotion classifier "
                                                "(default: the config's, 0 = half the cores, as `anoncam run` does)")
     p.add_argument("--json", type=Path, metavar="PATH",
@@ -599,7 +603,8 @@ def run(args) -> int:
     if args.threads is not None and args.threads < 0:
         raise AnoncamError("--threads must be 0 (half the cores) or more")
     backends = (args.backend,) if args.backend else BACKENDS
-    report = measure(backends, args.frames, args.warmup, args.threads, args.config)
+    scenes = (SCENE_BY_NAME[args.scene],) if args.scene else SCENES
+    report = measure(backends, args.frames, args.warmup, args.threads, args.config, scenes)
     print(format_report(report))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
