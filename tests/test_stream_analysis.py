@@ -1,0 +1,163 @@
+"""What streams do differently from stills, on real models: MediaPipe results read as arrays, the
+full-range detector running beside the landmarker, and synthetic faces carried over between frames."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import cv2
+import mediapipe as mp
+import numpy as np
+import pytest
+import skimage.data
+
+from agent.backends import create_backend
+from agent.bench import SCENE_BY_NAME, background, load_head, render_frame
+from agent.config import ExpressionConfig
+from agent.expression import ExpressionAnalyzer
+from agent.faces import FaceAnalyzer, reader
+from agent.synthesis import Synthesizer
+
+SCENE = SCENE_BY_NAME["1280x720_4faces"]  # the smallest face is too small for the landmarker's own detector
+
+
+@pytest.fixture(scope="module")
+def frames():
+    head, backdrop = load_head(), background(SCENE.width, SCENE.height)
+    return [cv2.cvtColor(render_frame(SCENE, i, head, backdrop), cv2.COLOR_BGR2RGB) for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def astronaut_face():
+    with FaceAnalyzer(max_faces=1, full_range=False) as fa:
+        return fa.detect(skimage.data.astronaut())[0]
+
+
+def test_array_reader_gives_what_the_public_api_gives():
+    rgb = np.ascontiguousarray(skimage.data.astronaut())
+    with FaceAnalyzer(max_faces=1, full_range=False) as fa:
+        image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
+        fast = fa._read(image)
+        public = reader(fa._landmarker, arrays=False)(image)
+    assert fa._read.__self__.__class__.__name__ == "ArrayReader", "MediaPipe's C results are read directly"
+    assert len(fast.landmarks) == len(public.landmarks) == 1
+    np.testing.assert_array_equal(fast.landmarks[0], public.landmarks[0])
+    assert fast.landmarks[0].shape == (478, 3) and fast.landmarks[0].dtype == np.float32
+    assert fast.blendshapes == public.blendshapes and len(fast.blendshapes[0]) == 52
+    np.testing.assert_array_equal(fast.transforms[0], public.transforms[0])
+
+
+def _run(analyzer, frames):
+    return [analyzer.detect_all(f, 100 + 66 * i) for i, f in enumerate(frames)]
+
+
+def test_detector_beside_the_landmarker_finds_what_running_it_after_finds(frames):
+    with FaceAnalyzer(mode="video") as side_by_side, FaceAnalyzer(mode="video") as in_turn:
+        in_turn._pool.shutdown()
+        in_turn._pool = None  # detector and ROI meshes after the landmarker, on this thread
+        a, b = _run(side_by_side, frames), _run(in_turn, frames)
+    for (faces_a, unmeshed_a), (faces_b, unmeshed_b) in zip(a, b):
+        assert len(faces_a) == len(faces_b) == len(SCENE.people) and unmeshed_a == unmeshed_b == []
+        for fa, fb in zip(sorted(faces_a, key=lambda f: f.box), sorted(faces_b, key=lambda f: f.box)):
+            assert np.abs(fa.landmarks[:, :2] - fb.landmarks[:, :2]).max() < 0.5
+
+
+def test_a_face_the_landmarker_newly_misses_is_still_meshed(frames):
+    with FaceAnalyzer(mode="video") as fa:
+        faces, _ = fa.detect_all(frames[0], 100)
+        assert len(faces) == len(SCENE.people)
+        # Pretend the landmarker had every face on the last frame, so the side thread meshes none:
+        # the face it misses on this frame must be meshed after it, not dropped.
+        fa._expected = [(0.0, 0.0, float(SCENE.width), float(SCENE.height))]
+        faces, unmeshed = fa.detect_all(frames[1], 166)
+    assert len(faces) == len(SCENE.people) and unmeshed == []
+
+
+class CountingBackend:
+    """The real generator, with a record of how many faces each call got."""
+
+    def __init__(self, backend):
+        self.backend, self.batches = backend, []
+
+    def infer(self, batch):
+        self.batches.append(len(batch))
+        return self.backend.infer(batch)
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return create_backend("onnxruntime", "generator.int8")
+
+
+def _faces(face, tracked=True):
+    return [replace(face, landmarks=face.landmarks + (40.0 * k, 0, 0), track_id=k + 1 if tracked else None)
+            for k in range(4)]
+
+
+def test_synthetic_faces_are_carried_over_at_most_n_minus_1_frames(generator, astronaut_face):
+    counting = CountingBackend(generator)
+    synth = Synthesizer(counting, regenerate_every=2)
+    made_at: dict[int, tuple[int, np.ndarray]] = {}
+    for frame in range(6):
+        jobs = synth.run([synth.prepare(f) for f in _faces(astronaut_face)])
+        for j in jobs:
+            assert j.generated is not None and j.error is None
+            tid = j.face.track_id
+            if j.reused:
+                when, crop = made_at[tid]
+                assert j.generated is crop and frame - when == 1
+            else:
+                made_at[tid] = (frame, j.generated)
+    # All four on the first frame, then a steady two a frame rather than four every other frame.
+    assert counting.batches == [4, 2, 2, 2, 2, 2]
+
+
+def test_every_face_is_generated_when_untracked_or_every_frame(generator, astronaut_face):
+    for faces, every in ((_faces(astronaut_face, tracked=False), 3), (_faces(astronaut_face), 1)):
+        counting = CountingBackend(generator)
+        synth = Synthesizer(counting, regenerate_every=every)
+        for _ in range(3):
+            jobs = synth.run([synth.prepare(f) for f in faces])
+            assert not any(j.reused for j in jobs)
+        assert counting.batches == [4, 4, 4]
+
+
+def test_a_failed_face_is_masked_not_carried_over(generator, astronaut_face):
+    class FailOnce(CountingBackend):
+        def infer(self, batch):
+            self.batches.append(len(batch))
+            if len(self.batches) == 2:
+                raise RuntimeError("generator fault")
+            return self.backend.infer(batch)
+
+    synth = Synthesizer(FailOnce(generator), regenerate_every=2)
+    faces = _faces(astronaut_face)
+    synth.run([synth.prepare(f) for f in faces])
+    second = synth.run([synth.prepare(f) for f in faces])
+    failed = [j for j in second if j.error]
+    assert len(failed) == 2 and all(j.generated is None for j in failed)  # compose masks these
+    assert all(j.reused for j in second if not j.error)
+    third = synth.run([synth.prepare(f) for f in faces])
+    # The failed faces have nothing to carry over, so they are generated again at once.
+    failed_ids = {j.face.track_id for j in failed}
+    assert all(not j.reused for j in third if j.face.track_id in failed_ids)
+
+
+def test_carried_over_faces_keep_their_emotion_scores_without_reclassifying(generator, astronaut_face):
+    synth = Synthesizer(generator, regenerate_every=2)
+    expression = ExpressionAnalyzer(ExpressionConfig(backend="onnxruntime", smoothing=0.0))
+    sizes = []
+    infer = expression.classifier.backend.infer
+    expression.classifier.backend.infer = lambda batch: sizes.append(len(batch)) or infer(batch)
+    rgb = skimage.data.astronaut()
+    faces = _faces(astronaut_face)
+    scores = {}
+    for frame in range(3):
+        jobs = synth.run([synth.prepare(f) for f in faces])
+        meta = expression.describe(rgb, faces, jobs)
+        for j, item in zip(jobs, meta):
+            if j.reused:
+                assert item["anonymized_emotion"] == scores[j.face.track_id]
+            scores[j.face.track_id] = item["anonymized_emotion"]
+    # 4 originals, plus the synthetic faces made on that frame (4, then 2, then 2), each twice (flip TTA).
+    assert sizes == [16, 12, 12]
