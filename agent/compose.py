@@ -57,7 +57,7 @@ class Region:
 
 def face_region(job: FaceJob, frame_shape, feather: float) -> Region | None:
     h, w = frame_shape[:2]
-    size = job.conditioning.shape[0]
+    size = job.size
     oval = job.crop_landmarks[FACE_OVAL_POLYGON].astype(np.float32)
     inv = cv2.invertAffineTransform(job.matrix)
     corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64) @ inv[:, :2].T + inv[:, 2]

@@ -34,10 +34,18 @@ class Face:
 
     @property
     def box(self) -> tuple[float, float, float, float]:
+        # Tracking, paste-back and metadata ask for it ~50 times a frame at 720p with four faces;
+        # recomputed each time it was 5 ms of the output thread. Kept with the array it came from,
+        # so a face given new landmarks (a new array) gets a new box.
+        cached = self.__dict__.get("_box")
+        if cached is not None and cached[0] is self.landmarks:
+            return cached[1]
         xy = self.landmarks[:, :2]
         x0, y0 = xy.min(axis=0)
         x1, y1 = xy.max(axis=0)
-        return float(x0), float(y0), float(x1), float(y1)
+        box = float(x0), float(y0), float(x1), float(y1)
+        self.__dict__["_box"] = (self.landmarks, box)
+        return box
 
     @property
     def size(self) -> float:
@@ -117,7 +125,7 @@ class FaceAnalyzer:
         self._frame = 0
         if full_range and mode == "video":
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="full-range")
-            self._expected = []  # face boxes the landmarker found on the previous frame
+            self._expected = None  # face boxes the landmarker found on the previous frame
             self._new_roi_slot = lambda: _RoiSlot(make(vision.RunningMode.VIDEO, 1))
             self._roi_slots.append(self._new_roi_slot())  # made now, not while frames wait
 
@@ -156,7 +164,7 @@ class FaceAnalyzer:
             ts = max(ts, self._last_ts + 1)  # MediaPipe rejects non-increasing timestamps
             self._last_ts = ts
         speculative = None
-        if self._pool is not None:
+        if self._pool is not None and self._expected is not None:
             # Streams: the full-range detector, and the mesh of each face the landmarker missed on
             # the previous frame, run on their own thread while the landmarker works (MediaPipe
             # releases the GIL). The outcome is what running them afterwards would give: a box the
@@ -170,10 +178,10 @@ class FaceAnalyzer:
         faces = _faces_from_raw(raw, rgb.shape[1], rgb.shape[0])
         if self._detector is None:
             return faces, []
-        if speculative is not None:
-            self._expected = [f.box for f in faces]
-        else:
+        if speculative is None:
             detections = self._detections(rgb, [f.box for f in faces], ts)
+        if self._pool is not None:
+            self._expected = [f.box for f in faces]
         unmeshed = []
         for box, meshed in detections:
             if len(faces) >= self.max_faces:
@@ -231,9 +239,7 @@ class FaceAnalyzer:
         if not found:
             return None
         face = found[0]
-        face.landmarks[:, 0] = (face.landmarks[:, 0] - m[0, 2]) / s
-        face.landmarks[:, 1] = (face.landmarks[:, 1] - m[1, 2]) / s
-        face.landmarks[:, 2] /= s
+        face.landmarks = (face.landmarks - (m[0, 2], m[1, 2], 0.0)) / s  # back to frame pixels
         return face
 
 

@@ -111,4 +111,4 @@ def _hull_job(face: Face, exc: Exception) -> FaceJob:
     s = size / side
     m = np.array([[s, 0, -x0 * s], [0, s, -y0 * s]], np.float64)
     lm = (face.landmarks[:, :2] - (x0, y0)) * s
-    return FaceJob(face, m, lm.astype(np.float32), np.zeros((size, size, 3), np.uint8), None, f"alignment failed: {exc}")
+    return FaceJob(face, m, lm.astype(np.float32), size, error=f"alignment failed: {exc}")

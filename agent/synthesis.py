@@ -23,7 +23,8 @@ class FaceJob:
     face: Face
     matrix: np.ndarray  # 2x3, frame -> crop
     crop_landmarks: np.ndarray  # (478, 2) in crop pixels
-    conditioning: np.ndarray  # (S, S, 3) uint8 RGB
+    size: int  # S, the crop's side
+    conditioning: np.ndarray | None = None  # (S, S, 3) uint8 RGB, drawn only for faces sent to the generator
     generated: np.ndarray | None = None  # (S, S, 3) uint8 RGB, None if synthesis failed
     error: str | None = None
     reused: bool = False  # generated is this track's crop from an earlier frame (see Synthesizer)
@@ -53,10 +54,12 @@ class Synthesizer:
 
     def prepare(self, face: Face) -> FaceJob:
         m = alignment_matrix(face.landmarks, self.size)
-        lm = transform_points(m, face.landmarks).astype(np.float32)
+        return FaceJob(face, m, transform_points(m, face.landmarks).astype(np.float32), self.size)
+
+    def condition(self, job: FaceJob) -> np.ndarray:
         # The mask follows the real landmarks; only the generator's view loses the person's shape.
-        drawn = lm if self.shape is None else self.shape(lm, face)
-        return FaceJob(face, m, lm, render_conditioning(drawn, self.size, self.style))
+        drawn = job.crop_landmarks if self.shape is None else self.shape(job.crop_landmarks, job.face)
+        return render_conditioning(drawn, self.size, self.style)
 
     def run(self, jobs: list[FaceJob]) -> list[FaceJob]:
         """Fill ``job.generated`` for each job; a batch that fails marks its jobs with ``error``.
@@ -103,6 +106,8 @@ class Synthesizer:
         for start in range(0, len(jobs), self.max_batch):
             chunk = jobs[start:start + self.max_batch]
             try:
+                for j in chunk:
+                    j.conditioning = self.condition(j)
                 out = self.backend.infer(to_network_input(np.stack([j.conditioning for j in chunk])))
                 if out.shape != (len(chunk), 3, self.size, self.size) or not np.isfinite(out).all():
                     raise ValueError(f"generator returned {out.shape} with non-finite values" if out.ndim == 4 else f"bad output shape {out.shape}")

@@ -59,7 +59,9 @@ def test_detector_beside_the_landmarker_finds_what_running_it_after_finds(frames
     for (faces_a, unmeshed_a), (faces_b, unmeshed_b) in zip(a, b):
         assert len(faces_a) == len(faces_b) == len(SCENE.people) and unmeshed_a == unmeshed_b == []
         for fa, fb in zip(sorted(faces_a, key=lambda f: f.box), sorted(faces_b, key=lambda f: f.box)):
-            assert np.abs(fa.landmarks[:, :2] - fb.landmarks[:, :2]).max() < 0.5
+            # A missed face may be tracked by a different ROI landmarker in the two runs, and a
+            # tracked mesh differs from a fresh one by a pixel or two.
+            assert np.abs(fa.landmarks[:, :2] - fb.landmarks[:, :2]).max() < 0.03 * fa.size
 
 
 def test_a_face_the_landmarker_newly_misses_is_still_meshed(frames):
