@@ -39,7 +39,7 @@ class AnonymizerConfig(Section):
         "(1), their own landmarks (0), or a blend; face shape identifies people",
     )
     regenerate_every: int = Field(
-        2, ge=1, le=10,
+        3, ge=1, le=10,
         description="streams: make each tracked face's synthetic face anew at least every N frames and re-fit the "
         "last one to its current landmarks in between (position and outline follow every frame; expression may lag "
         "N-1 frames); 1 = every frame",
