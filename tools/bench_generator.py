@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tools.export_generator import ROOT, export_onnx
+from tools.export_generator import export_onnx
+from tools.model_files import ROOT
 from tools.generator_model import count_macs, unet_256
 
 

@@ -19,12 +19,10 @@ import torch
 
 from tools.datasets import CACHE
 from tools.emotion_model import CHECKPOINT, EmotionCNN
-from tools.export_generator import update_sums
+from tools.model_files import MODELS, ROOT, update_sums
 from tools.quantize import quantize_openvino, quantize_ort
 from tools.train_emotion import load_split
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "models"
 
 
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str, opset: int = 17) -> None:

@@ -24,10 +24,9 @@ from agent.align import CROP_SIZE
 from agent.render import render_conditioning, to_network_input
 from tools.datasets import CACHE, PackedFaces
 from tools.generator_model import EdgeGenerator, for_export
+from tools.model_files import MODELS, ROOT, update_sums
 from tools.quantize import quantize_openvino, quantize_ort
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "models"
 # First and last conv stay FP32: quantizing the sparse [-1, 1] conditioning input and the 3-channel
 # tanh head cost 16 dB of PSNR (18 -> 35 dB measured) for 2 % of the MACs.
 FP32_PREFIXES = ("/stem/", "/head/")
@@ -55,20 +54,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR of two [-1, 1] images, on the 0-255 scale."""
     mse = float(np.mean(((a - b) * 127.5) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
-
-
-def update_sums(folder: Path, names: list[str]) -> None:
-    from agent.models import sha256_file
-
-    sums_path = folder / "SHA256SUMS"
-    lines = {}
-    for line in (sums_path.read_text() if sums_path.exists() else "").splitlines():
-        if line.strip():
-            digest, name = line.split(maxsplit=1)
-            lines[name.lstrip("*")] = digest
-    for name in names:
-        lines[name] = sha256_file(folder / name)
-    sums_path.write_text("".join(f"{d}  {n}\n" for n, d in sorted(lines.items())))
 
 
 def run_ort(path: Path, x: np.ndarray) -> np.ndarray:

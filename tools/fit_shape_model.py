@@ -26,7 +26,7 @@ from agent.align import CROP_SIZE, alignment_matrix, transform_points
 from agent.render import RENDERED_INDICES
 from agent.shape import BLENDSHAPES, features
 from tools.datasets import CELEBA_ZIP, UTK_ZIP, decode_rgb, is_heldout_identity, iter_zip_images
-from tools.export_generator import MODELS, ROOT, update_sums
+from tools.model_files import MODELS, ROOT, update_sums
 
 _analyzer = None
 
