@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tools.reports import write_report
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -75,9 +77,7 @@ def main(argv=None):
         report["backends"][backend] = r
         print(backend, json.dumps(r))
     report["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"-> {args.report}")
+    write_report(args.report, report, echo=False)
     return 0
 
 

@@ -12,7 +12,6 @@ per-round ratios, and each model's time the median over rounds.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -23,8 +22,9 @@ import numpy as np
 import torch
 
 from tools.export_generator import export_onnx
-from tools.model_files import ROOT
 from tools.generator_model import count_macs, unet_256
+from tools.model_files import ROOT
+from tools.reports import write_report
 
 
 def timed(fn, runs: int) -> float:
@@ -87,9 +87,7 @@ def main(argv=None):
         results[f"speedup_{rt}"] = round(statistics.median(p[0] / p[1] for p in pairs), 1)
         results[f"speedup_{rt}_rounds"] = [round(p[0] / p[1], 1) for p in pairs]
     results["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_report(args.report, results)
     return 0
 
 

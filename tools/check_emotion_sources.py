@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tools.datasets import CELEBA_ZIP, EMOTIONS, FER_VAL_ZIP, SHARED, UTK_ZIP, decode_rgb, is_heldout_identity, iter_zip_images
+from tools.reports import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 JUDGE = SHARED / "models" / "fer_mini_xception_int8.tflite"
@@ -138,9 +139,7 @@ def main(argv=None):
             "by_original_label": {k: {"kept": v[0], "of": v[1]} for k, v in sorted(per_label.items())},
         }
         print("expression_kept", json.dumps(report["expression_kept_celeba_heldout"]))
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"-> {args.report}")
+    write_report(args.report, report, echo=False)
     fa.close()
     return 0
 

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from daemon_helpers import (Broker, FaceOvals, Subscriber, agent_command, agent_env, decode_jpeg, make_clip,  # noqa: E402
                             oval_diff, read_frames, retained, wait_for, write_config)
+from tools.reports import write_report  # noqa: E402
 
 
 def identity_check(frames, frame_ids, source) -> dict:
@@ -133,9 +134,7 @@ def main(argv=None) -> int:
         report["retained_after_kill9"] = (retained(broker.port, "check/k9/availability") or b"").decode()
     finally:
         broker.stop()
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(args.report, report)
     return 0
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from tools.datasets import CACHE
 from tools.emotion_model import CHECKPOINT, EmotionCNN
 from tools.model_files import MODELS, ROOT, update_sums
 from tools.quantize import quantize_openvino, quantize_ort
+from tools.reports import write_report
 from tools.train_emotion import load_split
 
 
@@ -94,9 +94,7 @@ def main(argv=None):
                                    "label_agreement_with_fp32": float((out.argmax(1) == ref.argmax(1)).mean())}
 
     report["sizes_mb"] = {p.name: round(p.stat().st_size / 1e6, 3) for p in sorted(MODELS.glob("emotion*.int8.*"))}
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(args.report, report)
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import tempfile
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tools.datasets import CACHE, PackedFaces
 from tools.generator_model import EdgeGenerator, for_export
 from tools.model_files import MODELS, ROOT, update_sums
 from tools.quantize import quantize_openvino, quantize_ort
+from tools.reports import write_report
 
 # First and last conv stay FP32: quantizing the sparse [-1, 1] conditioning input and the 3-channel
 # tanh head cost 16 dB of PSNR (18 -> 35 dB measured) for 2 % of the MACs.
@@ -101,9 +101,7 @@ def export(g: EdgeGenerator, args, work: Path) -> None:
         },
         "sizes_mb": {p.name: round(p.stat().st_size / 1e6, 2) for p in (onnx_int8, ov_xml.with_suffix(".bin"))},
     }
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(args.report, report)
 
 
 def main(argv=None):

@@ -15,7 +15,6 @@ Runs the camera's code path (agent.faces -> agent.align) on the shared training 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from agent.render import RENDERED_INDICES
 from agent.shape import BLENDSHAPES, features
 from tools.datasets import CELEBA_ZIP, UTK_ZIP, decode_rgb, is_heldout_identity, iter_zip_images
 from tools.model_files import MODELS, ROOT, update_sums
+from tools.reports import write_report
 
 _analyzer = None
 
@@ -100,9 +100,7 @@ def main(argv=None):
     report = {"train_faces": len(xs), "heldout_faces": len(xh), "ridge": args.ridge,
               "variance_explained_train": explained(xs, ys), "variance_explained_heldout": explained(xh, yh),
               "mean_landmark_shift_px_heldout": moved, "model": str(out.name), "size_kb": round(out.stat().st_size / 1e3, 1)}
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(args.report, report)
     return 0
 
 
