@@ -503,7 +503,7 @@ def format_report(report: dict) -> str:
              f"warm-up; {s['threads_used']} inference thread(s) per runtime"
              + (" (config 0: half the cores)" if not s["threads"] else ""),
              f"config {s['config'] or 'defaults'}: expression {expression}, JPEG quality {s['jpeg_quality']}, "
-             f"synthetic faces made anew every {s.get('regenerate_every', 1)} frame(s)"]
+             f"synthetic faces made anew every {s['regenerate_every']} frame(s)"]
     for name, scene in report["scenes"].items():
         lines += [""] + _scene_table(report, name, scene)
     lines += ["", "frame time: wall time per frame at full throughput (analysis of a frame overlaps the rest of",

@@ -206,7 +206,7 @@ class AnoncamMethod:
         self.anonymizer = Anonymizer(cfg, mode="image")
         self.settings = {"backend": args.backend, "backend_class": type(self.anonymizer.backend).__name__,
                          "generator": args.generator, "generator_sha256": _generator_sha(args),
-                         "identity_normalization": args.identity_normalization, "feather": args.feather,
+                         "identity_normalization": args.identity_normalization,
                          "feather": cfg.feather, "tone_match": cfg.tone_match}
 
     def __call__(self, rgb: np.ndarray) -> Output:
