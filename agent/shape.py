@@ -13,8 +13,6 @@ still follows the person's real landmarks, so nothing of the real face shows aro
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .errors import ModelError
@@ -37,16 +35,24 @@ BLENDSHAPES = (
 
 
 def features(blendshapes: dict[str, float], transform: np.ndarray) -> np.ndarray:
-    """Regression inputs: blendshapes, yaw and pitch terms (roll is removed by alignment), intercept.
-
-    The projected outline of a turned head moves with the sine of the angle and shrinks with its
-    square, and expressions look different on a turned head, hence the squares and the products.
-    """
+    """Regression inputs for one face: its blendshapes and the yaw and pitch of its transformation matrix."""
     pose = rotation_to_euler(np.asarray(transform, dtype=np.float64)[:3, :3])
-    sy, sp = math.sin(math.radians(pose["yaw"])), math.sin(math.radians(pose["pitch"]))
-    bs = np.array([blendshapes.get(name, 0.0) for name in BLENDSHAPES], dtype=np.float64)
-    angles = np.array([sy, sp, sy * sy, sp * sp, sy * sp])
-    return np.concatenate([bs, angles, bs * sy, bs * sp, [1.0]])
+    bs = np.array([[blendshapes.get(name, 0.0) for name in BLENDSHAPES]], dtype=np.float64)
+    return features_from_pose(bs, np.array([pose["yaw"]]), np.array([pose["pitch"]]))[0]
+
+
+def features_from_pose(blendshapes: np.ndarray, yaw_deg: np.ndarray, pitch_deg: np.ndarray) -> np.ndarray:
+    """(N, 52) blendshapes in BLENDSHAPES order and head angles in degrees -> (N, 162) regression inputs.
+
+    Roll is not an input: alignment removes it. The projected outline of a turned head moves with
+    the sine of the angle and shrinks with its square, and expressions look different on a turned
+    head, hence the squares and the products.
+    """
+    bs = np.asarray(blendshapes, dtype=np.float64)
+    sy = np.sin(np.radians(np.asarray(yaw_deg, dtype=np.float64)))[:, None]
+    sp = np.sin(np.radians(np.asarray(pitch_deg, dtype=np.float64)))[:, None]
+    angles = np.concatenate([sy, sp, sy * sy, sp * sp, sy * sp], 1)
+    return np.concatenate([bs, angles, bs * sy, bs * sp, np.ones((len(bs), 1))], 1)
 
 
 class ShapeNormalizer:
@@ -65,6 +71,10 @@ class ShapeNormalizer:
             raise ModelError(f"{path} was fitted for other inputs; rerun python -m tools.fit_shape_model")
         self.strength = strength
 
+    def average_landmarks(self, feats: np.ndarray) -> np.ndarray:
+        """(N, F) regression inputs -> (N, len(self.indices), 2) crop landmarks of an average face."""
+        return (np.asarray(feats, dtype=np.float64) @ self.weights).reshape(len(feats), -1, 2)
+
     def __call__(self, crop_landmarks: np.ndarray, face: Face) -> np.ndarray:
         """The rendered landmark rows (``self.indices``) in crop pixels, with the identity taken out.
 
@@ -74,5 +84,5 @@ class ShapeNormalizer:
         own = np.asarray(crop_landmarks, dtype=np.float64)[self.indices, :2]
         if face.blendshapes is None or face.transform is None or self.strength == 0.0:
             return own
-        average = (features(face.blendshapes, face.transform) @ self.weights).reshape(-1, 2)
+        average = self.average_landmarks(features(face.blendshapes, face.transform)[None])[0]
         return average + (1.0 - self.strength) * (own - average)

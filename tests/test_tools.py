@@ -42,7 +42,7 @@ def test_pack_roundtrip(tiny_pack):
     assert len(p) == 12 and p.image(3).shape == (128, 128, 3) and p.landmarks.shape == (12, 160, 2)
 
 
-def test_train_resumes_and_exports(tiny_pack, tmp_path):
+def test_train_resumes_and_exports(tiny_pack, tmp_path, monkeypatch):
     from tools import export_generator, train_generator
 
     run = tmp_path / "run"
@@ -55,8 +55,9 @@ def test_train_resumes_and_exports(tiny_pack, tmp_path):
 
     out = tmp_path / "models"
     report = tmp_path / "export.json"
+    monkeypatch.chdir(tmp_path)  # relative output paths, as a user types them (the export works in a temporary folder)
     assert export_generator.main(["--checkpoint", str(run / "generator_ema.pt"), "--data", str(tiny_pack),
-                                  "--models", str(out), "--report", str(report), "--calibration", "8"]) == 0
+                                  "--models", "models", "--report", "export.json", "--calibration", "8"]) == 0
     from agent.backends import create_backend
 
     x = np.full((1, 3, 128, 128), -1.0, np.float32)
@@ -98,3 +99,55 @@ def test_expression_loss_compares_the_judges_views(tiny_pack):
     loss = expression_kl(judge, real, fake)
     loss.backward()
     assert loss.item() > 0.01 and fake.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_fer_source(tmp_path_factory):
+    """Astronaut faces in tools.prepare_expressions' format, labelled round-robin over the 7 emotions."""
+    from agent.align import align_face
+    from agent.faces import FaceAnalyzer
+    from agent.shape import BLENDSHAPES, ShapeNormalizer
+
+    rgb = skimage.data.astronaut()
+    crops, blends, poses, expected = [], [], [], []
+    with FaceAnalyzer(max_faces=1, full_range=False) as fa:
+        for k in range(14):
+            m = cv2.getRotationMatrix2D((256, 256), k - 7, 1.0 + 0.03 * (k % 4))
+            face = fa.detect(cv2.warpAffine(rgb, m, (512, 512), borderMode=cv2.BORDER_REFLECT))[0]
+            crop, lm, _ = align_face(cv2.warpAffine(rgb, m, (512, 512), borderMode=cv2.BORDER_REFLECT), face.landmarks)
+            crops.append(cv2.resize(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (48, 48), interpolation=cv2.INTER_AREA))
+            blends.append([face.blendshapes[n] for n in BLENDSHAPES])
+            pose = face.head_pose()
+            poses.append([pose["yaw"], pose["pitch"], pose["roll"]])
+            expected.append(ShapeNormalizer(1.0)(lm, face))  # what the agent draws for this face at run time
+    path = tmp_path_factory.mktemp("fer") / "fer_train.npz"
+    n = len(crops)
+    found = np.ones(n, bool)
+    found[-1] = False  # a face MediaPipe missed carries no geometry and must be left out
+    np.savez(path, crops=np.stack(crops), blendshapes=np.array(blends, np.float32), pose=np.array(poses, np.float32),
+             labels=np.arange(n) % 7, found=found, has_blendshapes=found)
+    return path, np.stack(crops), np.stack(expected)
+
+
+def test_fer_pack_draws_what_the_agent_draws_and_trains(tiny_fer_source, tiny_pack, tmp_path):
+    """The FER pack's conditioning is the agent's identity-free shape; training uses it for the expression loss."""
+    from tools import pack_generator_data, train_generator
+    from tools.datasets import PackedFaces
+    from tools.pack_generator_data import PackedFer
+
+    source, crops, expected = tiny_fer_source
+    data = tmp_path / "gpu"
+    assert pack_generator_data.main(["--source", str(source), "--out-dir", str(data), "--per-class", "2",
+                                     "--faces", "5", "--faces-from", str(tiny_pack / "faces128_train.npz")]) == 0
+    fer = PackedFer(data / "fer_generator.npz")
+    labels = np.arange(13) % 7  # the 14th face was missed by MediaPipe and must be left out
+    order = np.concatenate([np.flatnonzero(labels == c) for c in range(7)])  # the pack is grouped by class
+    assert len(fer) == 13 and np.array_equal(fer.labels, labels[order])
+    assert np.abs(fer.conditioning_landmarks() - expected[order]).max() < 0.1  # float16 storage, in 128 px
+    assert np.abs(np.stack([fer.crop(i) for i in range(len(fer))]).astype(int) - crops[order]).mean() < 4  # JPEG
+    assert len(PackedFaces(data / "faces128_train.npz")) == 5
+
+    run = tmp_path / "run"
+    assert train_generator.main(["--data", str(data), "--fer", str(data / "fer_generator.npz"), "--run", str(run),
+                                 "--minutes", "0.05", "--batch", "2", "--workers", "1", "--d-warmup", "1"]) == 0
+    assert torch.load(run / "state.pt")["step"] > 1 and (run / "fer_final.png").exists()

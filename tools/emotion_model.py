@@ -101,4 +101,4 @@ def load_emotion_cnn(path: Path | str = CHECKPOINT, frozen: bool = True, map_loc
     if frozen:
         for p in model.parameters():
             p.requires_grad_(False)
-    return model
+    return model.to(map_location)

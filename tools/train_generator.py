@@ -4,6 +4,12 @@ With ``--expression W`` it adds an expression-consistency loss: the frozen emoti
 metadata stage (tools/checkpoints/emotion_cnn.pt, trained on FER2013 train; never the independent
 judge used by tools/evaluate.py) scores the composite face, which must match its scores of the real one.
 
+With ``--fer PACK --fer-weight W`` (PACK from tools.pack_generator_data) the same loss also runs
+on FER2013 train faces, which show the angry, sad, fearful and disgusted faces the photo set lacks.
+Their conditioning is the identity-free shape the agent draws at run time; the generated face is
+pasted into the 48 px FER face and must read as the same expression. The discriminator also judges
+these faces (pasted into the batch's real photos), so they have to look like faces too.
+
     python -m tools.train_generator --minutes 30                      # CPU, resumes runs/generator
     python -m tools.train_generator --minutes 9 --data DIR --run DIR  # same script on a CUDA GPU
 
@@ -33,6 +39,7 @@ from agent.render import RENDERED_INDICES, render_conditioning
 from agent.topology import FACE_OVAL_POLYGON
 from tools.datasets import CACHE, PackedFaces
 from tools.generator_model import EdgeGenerator, MultiScaleDiscriminator
+from tools.pack_generator_data import PackedFer
 
 OVAL_ROWS = np.searchsorted(RENDERED_INDICES, FACE_OVAL_POLYGON)
 
@@ -56,13 +63,23 @@ def _decode_and_render(args):
     return np.stack(imgs), np.stack(conds), np.stack(masks)
 
 
+def _render_fer(args):
+    path, lo, hi, style = args
+    pack = PackedFer(path)
+    landmarks = pack.conditioning_landmarks()
+    conds = [render_conditioning(landmarks[i], CROP_SIZE, style) for i in range(lo, hi)]
+    masks = [(loss_mask(landmarks[i], CROP_SIZE) * 255).astype(np.uint8) for i in range(lo, hi)]
+    return np.stack([pack.crop(i) for i in range(lo, hi)]), np.stack(conds), np.stack(masks)
+
+
 def load_pack(path: Path, style: str, workers: int, limit: int = 0):
-    n = len(PackedFaces(path))
+    fer = path.name.startswith("fer")
+    n = len(PackedFer(path) if fer else PackedFaces(path))
     n = min(n, limit) if limit else n
     step = max(64, math.ceil(n / (workers * 4)))
     jobs = [(path, lo, min(lo + step, n), style) for lo in range(0, n, step)]
     with mp.get_context("spawn").Pool(workers) as pool:
-        parts = list(tqdm(pool.imap(_decode_and_render, jobs), total=len(jobs), desc=f"render {path.name}"))
+        parts = list(tqdm(pool.imap(_render_fer if fer else _decode_and_render, jobs), total=len(jobs), desc=f"render {path.name}"))
     return tuple(torch.from_numpy(np.concatenate(p)) for p in zip(*parts))
 
 
@@ -84,23 +101,36 @@ def jitter(tensors, strength: float):
 
 
 def expression_kl(judge, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """KL(judge(real) || judge(fake)) per face, averaged: how far the fake's expression is from the real's.
-
-    Soft targets keep the judge's uncertainty about the real face; gradients reach only ``fake``.
-    """
+    """KL(judge(real) || judge(fake)) per face, averaged, for aligned RGB crops in [-1, 1]."""
     from tools.emotion_model import aligned_rgb_to_input
 
+    return judge_kl(judge, aligned_rgb_to_input(real, (-1, 1)), aligned_rgb_to_input(fake, (-1, 1)))[0]
+
+
+def judge_kl(judge, real_x: torch.Tensor, fake_x: torch.Tensor):
+    """(mean KL(judge(real) || judge(fake)), share of faces whose top class agrees) for judge inputs.
+
+    Soft targets keep the judge's uncertainty about the real face; gradients reach only ``fake_x``.
+    """
     with torch.no_grad():
-        target = F.softmax(judge(aligned_rgb_to_input(real, (-1, 1))), 1)
-    logp = F.log_softmax(judge(aligned_rgb_to_input(fake, (-1, 1))), 1)
-    return (target * (target.clamp_min(1e-8).log() - logp)).sum(1).mean()
+        target = F.softmax(judge(real_x), 1)
+    logits = judge(fake_x)
+    kl = (target * (target.clamp_min(1e-8).log() - F.log_softmax(logits, 1))).sum(1).mean()
+    return kl, (logits.argmax(1) == target.argmax(1)).float().mean()
 
 
-def save_grid(path: Path, cond, fake, real):
-    rows = []
-    for c, f, r in zip(cond, fake, real):
-        rows.append(torch.cat([c, f, r], 2))
-    grid = torch.cat(rows, 1)
+def fer_composite(fake: torch.Tensor, mask: torch.Tensor, crop: torch.Tensor) -> torch.Tensor:
+    """The generated face pasted into the 48 px grey FER face, as the judge will see it (N, 1, 48, 48) in [0, 1]."""
+    from tools.emotion_model import aligned_rgb_to_input
+
+    size = crop.shape[-1]
+    m = F.interpolate(mask, size=(size, size), mode="area")
+    return m * aligned_rgb_to_input(fake, (-1, 1)) + (1 - m) * crop
+
+
+def save_grid(path: Path, *columns):
+    """One row per face, one column per tensor (N, 3, S, S) in [-1, 1]: e.g. conditioning | generated | real."""
+    grid = torch.cat([torch.cat(list(row), 2) for row in zip(*columns)], 1)
     img = ((grid.float().clamp(-1, 1) + 1) * 127.5).byte().permute(1, 2, 0).cpu().numpy()
     cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
@@ -117,6 +147,10 @@ def main(argv=None):
     ap.add_argument("--fm", type=float, default=10.0, help="discriminator feature-matching weight")
     ap.add_argument("--expression", type=float, default=0.0,
                     help="weight of the expression-consistency loss (frozen emotion CNN); 0 = off")
+    ap.add_argument("--fer", type=Path, help="FER expression pack (tools.pack_generator_data) for the expression loss on FER faces")
+    ap.add_argument("--fer-weight", type=float, default=5.0, help="weight of the expression loss on FER faces")
+    ap.add_argument("--d-warmup", type=int, default=0,
+                    help="train only the discriminator for this many steps first (a fresh D beside an --init G)")
     ap.add_argument("--style", default="contours")
     ap.add_argument("--workers", type=int, default=max(1, min(16, mp.cpu_count())))
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training faces (smoke runs)")
@@ -139,6 +173,9 @@ def main(argv=None):
         s_imgs, s_conds = imgs[:8], conds[:8]
     n = imgs.shape[0]
     print(f"{n} training faces on {dev}, batch {batch}")
+    if args.fer:
+        f_crops, f_conds, f_masks = (t.to(dev) for t in load_pack(args.fer, args.style, args.workers, args.limit))
+        print(f"{f_crops.shape[0]} FER faces for the expression loss, weight {args.fer_weight}")
 
     G = EdgeGenerator().to(dev).to(memory_format=torch.channels_last)
     D = MultiScaleDiscriminator().to(dev).to(memory_format=torch.channels_last)
@@ -162,7 +199,7 @@ def main(argv=None):
     for p in G_ema.parameters():
         p.requires_grad_(False)
     judge = None
-    if args.expression > 0:
+    if args.expression > 0 or args.fer:
         from tools.emotion_model import load_emotion_cnn
 
         judge = load_emotion_cnn(map_location=dev)
@@ -183,11 +220,21 @@ def main(argv=None):
         with torch.no_grad():
             save_grid(args.run / ("samples_final.png" if final else f"samples_{step:07d}.png"),
                       to_net(s_conds), G_ema(to_net(s_conds)), to_net(s_imgs))
+            if args.fer:
+                # conditioning | generated | pasted into the FER face | the FER face (grey, 48 px shown at 128)
+                c, m, crop = to_net(f_conds[:8]), f_masks[:8, None].float() / 255, f_crops[:8, None].float() / 255
+                fake = G_ema(c)
+                as_rgb = lambda x: F.interpolate(x, size=c.shape[-2:], mode="bilinear").expand(-1, 3, -1, -1) * 2 - 1  # noqa: E731
+                save_grid(args.run / ("fer_final.png" if final else f"fer_{step:07d}.png"),
+                          c, fake, as_rgb(fer_composite(fake, m, crop)), as_rgb(crop))
 
     ema_params, g_params = list(G_ema.parameters()), [p.detach() for p in G.parameters()]
     ema_buffers, g_buffers = list(G_ema.buffers()), list(G.buffers())
     bar = tqdm(total=int(budget), unit="s", desc="train", bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}s {postfix}")
     ema_decay = 0.999
+    # A fresh discriminator beside a trained generator first learns what it is looking at.
+    warmup_end = start_step + (args.d_warmup if not state_path.exists() else 0)
+    f_kl = f_agree = torch.zeros((), device=dev)
     while (elapsed := time.time() - t_start) < budget:
         # Linear decay over the last half of this run's budget settles the GAN before export.
         lr = args.lr * min(1.0, 2.0 * (1.0 - elapsed / budget))
@@ -197,23 +244,39 @@ def main(argv=None):
         idx = torch.randint(0, n, (batch,), device=dev)
         cond, real, mask = to_net(conds[idx]), to_net(imgs[idx]), masks[idx][:, None].float() / 255
         cond, real, mask = jitter([cond, real, mask], 1.0)
-        cond = cond.contiguous(memory_format=torch.channels_last)
+        g_in = cond
+        if args.fer:
+            fidx = torch.randint(0, f_crops.shape[0], (batch,), device=dev)
+            f_cond, f_mask = to_net(f_conds[fidx]), f_masks[fidx][:, None].float() / 255
+            f_crop = f_crops[fidx][:, None].float() / 255
+            g_in = torch.cat([cond, f_cond])
+        g_in = g_in.contiguous(memory_format=torch.channels_last)
         real = real.contiguous(memory_format=torch.channels_last)
         with torch.autocast(**amp):
-            fake = G(cond)
+            out = G(g_in)
+            fake = out[:batch]
             comp = mask * fake + (1 - mask) * real
+            d_cond, d_comp = cond, comp
+            if args.fer:
+                f_fake = out[batch:]
+                # Pasted into this batch's real photos: aligned crops share one framing, so the
+                # average-shape oval lands on a face, and D sees these faces as it sees the others.
+                d_cond, d_comp = g_in, torch.cat([comp, f_mask * f_fake + (1 - f_mask) * real])
             # D step: real vs. the composite a viewer would see (synthetic oval in a real frame).
             d_real = D(cond, real)
-            d_fake = D(cond, comp.detach())
+            d_fake = D(d_cond, d_comp.detach())
             loss_d = sum(F.mse_loss(r[0].float(), torch.ones_like(r[0].float())) + F.mse_loss(f[0].float(), torch.zeros_like(f[0].float()))
                          for r, f in zip(d_real, d_fake)) * 0.5
         optD.zero_grad(set_to_none=True)
         loss_d.backward()
         optD.step()
+        if step < warmup_end:
+            step += 1
+            continue
         with torch.autocast(**amp):
-            d_fake = D(cond, comp)
+            d_fake = D(d_cond, d_comp)
             adv = sum(F.mse_loss(f[0].float(), torch.ones_like(f[0].float())) for f in d_fake)
-            fm = sum(F.l1_loss(ff.float(), rf.detach().float()) for f, r in zip(d_fake, d_real) for ff, rf in zip(f[1], r[1]))
+            fm = sum(F.l1_loss(ff[:batch].float(), rf.detach().float()) for f, r in zip(d_fake, d_real) for ff, rf in zip(f[1], r[1]))
             weight = 0.1 + 0.9 * mask
             l1 = (weight * (fake.float() - real.float()).abs()).mean() / weight.mean()
             loss_g = adv + args.fm * fm + args.l1 * l1
@@ -221,6 +284,11 @@ def main(argv=None):
             if judge is not None:
                 expr = expression_kl(judge, real.float(), comp.float())
                 loss_g = loss_g + args.expression * expr
+            if args.fer:
+                flip = (torch.rand(batch, 1, 1, 1, device=dev) < 0.5)
+                flipped = lambda x: torch.where(flip, x.flip(-1), x)  # noqa: E731
+                f_kl, f_agree = judge_kl(judge, flipped(f_crop), flipped(fer_composite(f_fake.float(), f_mask, f_crop)))
+                loss_g = loss_g + args.fer_weight * f_kl
         optG.zero_grad(set_to_none=True)
         loss_g.backward()
         optG.step()
@@ -230,7 +298,8 @@ def main(argv=None):
         step += 1
         if step % 50 == 0:
             rec = {"step": step, "t": round(trained_s + time.time() - t_start, 1), "loss_d": float(loss_d), "adv": float(adv),
-                   "fm": float(fm), "l1": float(l1), "expr_kl": float(expr), "d_real": float(sum(r[0].float().mean() for r in d_real) / 2),
+                   "fm": float(fm), "l1": float(l1), "expr_kl": float(expr), "fer_kl": float(f_kl), "fer_agree": float(f_agree),
+                   "d_real": float(sum(r[0].float().mean() for r in d_real) / 2),
                    "d_fake": float(sum(f[0].float().mean() for f in d_fake) / 2), "lr": lr,
                    "samples_per_s": round((step - start_step) * batch / max(1e-6, time.time() - t_start), 1)}
             log.write(json.dumps(rec) + "\n")
