@@ -113,6 +113,9 @@ def main(argv=None):
     ap.add_argument("--report", type=Path, default=ROOT / "reports/generator_export.json")
     ap.add_argument("--models", type=Path, default=MODELS, help="where the INT8 models and SHA256SUMS go")
     args = ap.parse_args(argv)
+    # export() works inside a temporary directory, so relative paths must not be read from there.
+    for name in ("checkpoint", "data", "report", "models"):
+        setattr(args, name, getattr(args, name).resolve())
 
     g = load_generator(args.checkpoint)
     # Each export works in its own folder: the FP32 model must be this checkpoint's, never a leftover.
