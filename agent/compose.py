@@ -7,6 +7,10 @@ Lighting and skin tone: the synthetic face keeps the colour the generator gave i
 (``tone_match="luminance"``, the default) its brightness is scaled to the original face's mean
 luminance so it sits naturally in a dark or bright scene. Chroma (skin tone) is never copied from
 the person: it is an attribute of who they are, and matching it would carry it through.
+
+Hair, ears and the outline of the head lie outside the face oval and identify people too. With
+``surround > 0`` the band around each face, out to the oval grown by that fraction, is blurred to
+a few blocks per face before the synthetic face goes in, so only their coarse colour remains.
 """
 
 from __future__ import annotations
@@ -89,12 +93,37 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 
 
+def blur_surround(out: np.ndarray, job: FaceJob, grow: float) -> None:
+    """Blur, in place, the head around a face: its oval grown by ``grow`` about its centre, soft-edged."""
+    oval = job.face.landmarks[FACE_OVAL_POLYGON, :2].astype(np.float64)
+    centre = oval.mean(axis=0)
+    ring = centre + (oval - centre) * (1.0 + grow)
+    h, w = out.shape[:2]
+    x0, y0 = np.maximum(np.floor(ring.min(axis=0)).astype(int), 0)
+    x1, y1 = np.minimum(np.ceil(ring.max(axis=0)).astype(int) + 1, (w, h))
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return
+    box = out[y0:y1, x0:x1]
+    side = max(x1 - x0, y1 - y0)
+    # About eight blocks across the face (the band is 1+grow faces wide), then smoothed:
+    # as coarse as the pixelation baseline, without its block edges.
+    blocks = max(2, round(8 * (1.0 + grow)))
+    small = cv2.resize(box, (max(1, round(blocks * (x1 - x0) / side)), max(1, round(blocks * (y1 - y0) / side))),
+                       interpolation=cv2.INTER_AREA)
+    blurred = cv2.resize(small, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    mask = np.zeros((y1 - y0, x1 - x0), np.float32)
+    cv2.fillPoly(mask, [np.round((ring - (x0, y0)) * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
+    mask = cv2.GaussianBlur(mask, (0, 0), max(1.0, 0.05 * side))[..., None]
+    box[:] = (blurred * mask + box * (1.0 - mask) + 0.5).astype(box.dtype)
+
+
 def compose(frame: np.ndarray, jobs: list[FaceJob], feather: float = 0.06, tone_match: str = "luminance",
-            mask_boxes=()) -> AnonymizedFrame:
+            mask_boxes=(), surround: float = 0.0) -> AnonymizedFrame:
     """Blend every job's face into a copy of ``frame`` (RGB, uint8 or uint16).
 
     Faces are drawn far-to-near (small to large), so the nearer of two overlapping faces is on top.
     ``mask_boxes`` are faces found without landmarks: each is covered by a grey ellipse.
+    ``surround`` > 0 blurs each face's head around its oval first (see the module docstring).
     """
     out = frame.copy()
     peak = float(np.iinfo(frame.dtype).max) if frame.dtype.kind in "ui" else 255.0
@@ -107,6 +136,8 @@ def compose(frame: np.ndarray, jobs: list[FaceJob], feather: float = 0.06, tone_
                     (MASK_GREY * scale,) * 3, -1)
         masked += 1
     for job in sorted(jobs, key=lambda j: j.face.size):
+        if surround > 0:
+            blur_surround(out, job, surround)
         region = face_region(job, frame.shape, feather)
         if region is None:
             continue

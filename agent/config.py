@@ -38,6 +38,13 @@ class AnonymizerConfig(Section):
         description="condition the generator on an average face shape with the person's expression and pose "
         "(1), their own landmarks (0), or a blend; face shape identifies people",
     )
+    identity_variation: float = Field(
+        0.0, ge=0, le=2,
+        description="with identity_normalization: draw each face (each tracked person in streams) on a random "
+        "other face shape instead of the one average shape, this many standard deviations of the training faces' "
+        "shape variation; 0 = the average shape",
+    )
+    seed: int | None = Field(None, description="random seed for identity_variation; unset: different on every start")
     regenerate_every: int = Field(
         3, ge=1, le=10,
         description="streams: make each tracked face's synthetic face anew at least every N frames and re-fit the "
@@ -48,6 +55,11 @@ class AnonymizerConfig(Section):
         "luminance", description="scale the synthetic face's brightness to the scene (never its colour)"
     )
     feather: float = Field(0.06, ge=0, le=0.3, description="mask edge softness, as a fraction of the face size")
+    surround: float = Field(
+        0.0, ge=0, le=1.5,
+        description="also blur the hair, ears and head outline around each face, out to its oval grown by this "
+        "fraction (0.5: half a face further); 0 = off",
+    )
     models_dir: Path | None = Field(None, description="folder with SHA256SUMS and the model files")
 
 

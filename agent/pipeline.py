@@ -52,7 +52,8 @@ class Anonymizer:
         )
         self.backend = create_backend(cfg.backend, cfg.generator, cfg.models_dir, cfg.device, cfg.threads)
         shape = ShapeNormalizer(cfg.identity_normalization, cfg.models_dir) if cfg.identity_normalization > 0 else None
-        self.synthesizer = Synthesizer(self.backend, shape=shape, regenerate_every=cfg.regenerate_every)
+        self.synthesizer = Synthesizer(self.backend, shape=shape, regenerate_every=cfg.regenerate_every,
+                                       identity_variation=cfg.identity_variation, seed=cfg.seed)
 
     def analyze(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> list[Face]:
         """All faces with landmarks in ``rgb`` (any bit depth), in full-resolution pixel coordinates."""
@@ -87,7 +88,7 @@ class Anonymizer:
         t1 = time.perf_counter()
         self.synthesizer.run([j for j in jobs if j.error is None])
         t2 = time.perf_counter()
-        frame = compose(rgb, jobs, self.cfg.feather, self.cfg.tone_match, unmeshed)
+        frame = compose(rgb, jobs, self.cfg.feather, self.cfg.tone_match, unmeshed, self.cfg.surround)
         t3 = time.perf_counter()
         return frame, jobs, {"align_ms": (t1 - t0) * 1e3, "synthesis_ms": (t2 - t1) * 1e3, "compose_ms": (t3 - t2) * 1e3}
 

@@ -65,6 +65,10 @@ class ShapeNormalizer:
                 self.weights = d["weights"].astype(np.float64)
                 self.indices = d["landmark_indices"]
                 names = tuple(str(n) for n in d["blendshapes"])
+                # Principal directions of how training identities differ from the average shape
+                # (absent in older shape models): a random point in them is a plausible other person.
+                self.identity_basis = (d["identity_components"].astype(np.float64) * d["identity_std"][:, None]
+                                       if "identity_components" in d.files else np.zeros((0, self.weights.shape[1])))
         except (OSError, KeyError, ValueError) as exc:
             raise ModelError(f"{path} is not a shape model ({exc}); rerun python -m tools.fit_shape_model") from exc
         if names != BLENDSHAPES or self.weights.shape != (len(features({}, np.eye(4))), 2 * len(self.indices)):
@@ -75,14 +79,22 @@ class ShapeNormalizer:
         """(N, F) regression inputs -> (N, len(self.indices), 2) crop landmarks of an average face."""
         return (np.asarray(feats, dtype=np.float64) @ self.weights).reshape(len(feats), -1, 2)
 
-    def __call__(self, crop_landmarks: np.ndarray, face: Face) -> np.ndarray:
+    @property
+    def identity_dims(self) -> int:
+        return len(self.identity_basis)
+
+    def __call__(self, crop_landmarks: np.ndarray, face: Face, identity: np.ndarray | None = None) -> np.ndarray:
         """The rendered landmark rows (``self.indices``) in crop pixels, with the identity taken out.
 
         A face without blendshapes or pose (the landmarker always gives both; this guards against
         a model that does not) gets its real landmarks rather than a wrong expression.
+        ``identity`` ((identity_dims,) standard-normal draws) moves the average shape to a random
+        other person's, so anonymized faces do not all share one shape.
         """
         own = np.asarray(crop_landmarks, dtype=np.float64)[self.indices, :2]
         if face.blendshapes is None or face.transform is None or self.strength == 0.0:
             return own
         average = self.average_landmarks(features(face.blendshapes, face.transform)[None])[0]
+        if identity is not None and self.identity_dims:
+            average = average + (np.asarray(identity, np.float64) @ self.identity_basis).reshape(-1, 2)
         return average + (1.0 - self.strength) * (own - average)

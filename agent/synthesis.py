@@ -42,9 +42,13 @@ class Synthesizer:
     """
 
     def __init__(self, backend: InferenceBackend, size: int = CROP_SIZE, style: str = "contours", max_batch: int = 8,
-                 shape: ShapeNormalizer | None = None, regenerate_every: int = 1):
+                 shape: ShapeNormalizer | None = None, regenerate_every: int = 1, identity_variation: float = 0.0,
+                 seed: int | None = None):
         self.backend = backend
         self.shape = shape
+        self.identity_variation = identity_variation if shape is not None and shape.identity_dims else 0.0
+        self._rng = np.random.default_rng(seed)
+        self._identities: dict[int, np.ndarray] = {}  # track id -> its random identity, kept while tracked
         self.size = size
         self.style = style
         self.max_batch = max_batch
@@ -58,8 +62,21 @@ class Synthesizer:
 
     def condition(self, job: FaceJob) -> np.ndarray:
         # The mask follows the real landmarks; only the generator's view loses the person's shape.
-        drawn = job.crop_landmarks if self.shape is None else self.shape(job.crop_landmarks, job.face)
+        if self.shape is None:
+            drawn = job.crop_landmarks
+        else:
+            drawn = self.shape(job.crop_landmarks, job.face, self._identity(job.face.track_id))
         return render_conditioning(drawn, self.size, self.style)
+
+    def _identity(self, track_id: int | None) -> np.ndarray | None:
+        """A random identity shape: one per track, so a followed face keeps its synthetic person."""
+        if not self.identity_variation:
+            return None
+        if track_id is None:
+            return self._rng.standard_normal(self.shape.identity_dims) * self.identity_variation
+        if track_id not in self._identities:
+            self._identities[track_id] = self._rng.standard_normal(self.shape.identity_dims) * self.identity_variation
+        return self._identities[track_id]
 
     def run(self, jobs: list[FaceJob]) -> list[FaceJob]:
         """Fill ``job.generated`` for each job; a batch that fails marks its jobs with ``error``.
@@ -78,6 +95,8 @@ class Synthesizer:
             elif j.reused:
                 crops[tid] = self._crops[tid]
         self._crops = crops  # tracks not in this frame are forgotten
+        present = {j.face.track_id for j in jobs}
+        self._identities = {t: z for t, z in self._identities.items() if t in present}
         return jobs
 
     def _select(self, jobs: list[FaceJob]) -> list[FaceJob]:

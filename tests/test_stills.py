@@ -244,3 +244,28 @@ def test_huge_image(ort_anonymizer, astronaut):
     assert r.frame.pixels.shape == big.shape
     x0, y0, x1, y1 = r.faces[0].box
     assert x1 - x0 > 1000, "landmarks must be mapped back to full resolution"
+
+
+def test_surround_blurs_the_head_around_the_face(astronaut):
+    """`surround` blurs hair and head outline around the oval; the synthetic face and the far scene stay as they were."""
+    from agent.compose import compose
+
+    plain = Anonymizer(AnonymizerConfig(backend="onnxruntime"))
+    try:
+        r = plain.process(astronaut)
+    finally:
+        plain.close()
+    face = r.faces[0]
+    oval = face.landmarks[FACE_OVAL_POLYGON, :2]
+    centre = oval.mean(axis=0)
+    grown = np.zeros(astronaut.shape[:2], np.uint8)
+    cv2.fillPoly(grown, [np.round(centre + (oval - centre) * 1.4).astype(np.int32)], 1)  # well inside the 1.5x band
+    band = grown.astype(bool) & ~cv2.dilate(oval_mask(astronaut.shape, face).astype(np.uint8), np.ones((25, 25))).astype(bool)
+
+    out = compose(astronaut, r.jobs, surround=0.5).pixels
+    detail = lambda img: np.abs(cv2.Laplacian(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.CV_32F))[band].mean()  # noqa: E731
+    assert detail(out) < 0.3 * detail(np.asarray(r.frame.pixels)), "hair and outline around the face must be blurred"
+    inside = oval_mask(astronaut.shape, face)
+    # Only the brightness match moves a little: it reads the (now blurred) edge of the region.
+    assert np.abs(out[inside].astype(int) - np.asarray(r.frame.pixels)[inside]).mean() < 3.0, "the synthetic face is kept"
+    assert_replaced(astronaut, out, r.faces)  # and nothing far from the face changes

@@ -202,12 +202,14 @@ class AnoncamMethod:
         from agent.pipeline import Anonymizer
 
         cfg = AnonymizerConfig(backend=args.backend, threads=args.threads, generator=args.generator,
-                               models_dir=args.models_dir, identity_normalization=args.identity_normalization, feather=args.feather)
+                               models_dir=args.models_dir, identity_normalization=args.identity_normalization, feather=args.feather,
+                               surround=args.surround, identity_variation=args.identity_variation, seed=args.seed)
         self.anonymizer = Anonymizer(cfg, mode="image")
         self.settings = {"backend": args.backend, "backend_class": type(self.anonymizer.backend).__name__,
                          "generator": args.generator, "generator_sha256": _generator_sha(args),
                          "identity_normalization": args.identity_normalization,
-                         "feather": cfg.feather, "tone_match": cfg.tone_match}
+                         "identity_variation": cfg.identity_variation,
+                         "feather": cfg.feather, "surround": cfg.surround, "tone_match": cfg.tone_match}
 
     def __call__(self, rgb: np.ndarray) -> Output:
         from agent.pipeline import AnalysisFailed
@@ -672,6 +674,10 @@ def main(argv=None):
                     help="anoncam: 1 = average face shape with the person's expression, 0 = their own landmarks")
     ap.add_argument("--feather", type=float, default=AnonymizerConfig().feather,
                     help="anoncam: mask edge softness beyond the face oval, as a fraction of the face size")
+    ap.add_argument("--identity-variation", type=float, default=AnonymizerConfig().identity_variation,
+                    help="anoncam: draw faces on random other face shapes (standard deviations; 0 = the average shape)")
+    ap.add_argument("--surround", type=float, default=AnonymizerConfig().surround,
+                    help="anoncam: blur hair and head outline out to the face oval grown by this fraction (0 = off)")
     ap.add_argument("--threads", type=int, default=1, help="generator inference threads (the CPU is shared)")
     ap.add_argument("--limit", type=int, default=0, help="only N held-out photos, spread over identities (0 = all 1200)")
     ap.add_argument("--fer-limit", type=int, default=1000, help="FER val faces, class-stratified random subset (0 = all 5383)")

@@ -8,8 +8,12 @@ with that expression and pose; what it leaves unexplained is mostly the person's
 At run time ``agent.shape`` draws the prediction instead of the person's landmarks.
 
     python -m tools.fit_shape_model            # -> models/shape_model.npz, models/SHA256SUMS
+    python -m tools.fit_shape_model --fer 5000 # + FER2013 train faces (needs tools.prepare_expressions)
 
-Runs the camera's code path (agent.faces -> agent.align) on the shared training photos.
+Runs the camera's code path (agent.faces -> agent.align) on the shared training photos. The photo sets
+are mostly smiling or neutral, so a regression fitted on them alone knows little of how a frown or a
+grimace moves the landmarks; ``--fer N`` adds N FER2013 train faces (all seven emotions, as analysed
+by tools.prepare_expressions with the same code path) and reports the fit on FER2013 val too.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from tqdm import tqdm
 
 from agent.align import CROP_SIZE, alignment_matrix, transform_points
 from agent.render import RENDERED_INDICES
-from agent.shape import BLENDSHAPES, features
-from tools.datasets import CELEBA_ZIP, UTK_ZIP, decode_rgb, is_heldout_identity, iter_zip_images
+from agent.shape import BLENDSHAPES, features, features_from_pose
+from tools.datasets import CACHE, CELEBA_ZIP, UTK_ZIP, decode_rgb, is_heldout_identity, iter_zip_images
 from tools.model_files import MODELS, ROOT, update_sums
 from tools.reports import write_report
 
@@ -61,6 +65,21 @@ def _items(limit_per_set: int):
             yield (name.split("/")[0] if src == "celeba" else "utk:" + name.rsplit("/", 1)[-1]), data
 
 
+def fer_rows(path: Path, limit: int, seed: int = 0):
+    """(features, crop landmarks) of up to ``limit`` FER faces MediaPipe found, in the generator crop's pixels.
+
+    tools.prepare_expressions stores landmarks normalised to its aligned crop, which has the
+    generator crop's framing at another size.
+    """
+    d = np.load(path, allow_pickle=False)
+    idx = np.flatnonzero(d["found"] & d["has_blendshapes"])
+    idx = np.sort(np.random.default_rng(seed).permutation(idx)[:limit]) if limit > 0 else idx
+    pose = d["pose"][idx].astype(np.float64)
+    x = features_from_pose(d["blendshapes"][idx], pose[:, 0], pose[:, 1])
+    y = d["landmarks"][idx][:, RENDERED_INDICES].astype(np.float64) * CROP_SIZE
+    return x, y.reshape(len(idx), -1)
+
+
 def fit_ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
     """Least squares with an L2 penalty on everything but the intercept (the last column of x)."""
     reg = lam * np.eye(x.shape[1])
@@ -72,6 +91,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-set", type=int, default=2500, help="photos sampled from each face set")
     ap.add_argument("--ridge", type=float, default=1.0)
+    ap.add_argument("--fer", type=int, default=0, help="also fit on this many FER2013 train faces (0 = none, -1 = all)")
+    ap.add_argument("--fer-dir", type=Path, default=CACHE, help="where tools.prepare_expressions wrote fer_{train,val}.npz")
+    ap.add_argument("--identity-components", type=int, default=16,
+                    help="principal directions of identity shape kept for anonymizer.identity_variation")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--models", type=Path, default=MODELS)
     ap.add_argument("--report", type=Path, default=ROOT / "reports/shape_model.json")
@@ -85,21 +108,38 @@ def main(argv=None):
                 rows["heldout" if is_heldout_identity(r[0]) else "train"].append(r[1:])
     xs, ys = (np.stack(v) for v in zip(*rows["train"]))
     xh, yh = (np.stack(v) for v in zip(*rows["heldout"]))
+    photos = len(xs)
+    if args.fer:
+        xf, yf = fer_rows(args.fer_dir / "fer_train.npz", args.fer)
+        xs, ys = np.concatenate([xs, xf]), np.concatenate([ys, yf])
     w = fit_ridge(xs, ys, args.ridge)
 
     def explained(x, y):
         return 1.0 - float(((y - x @ w) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
+
+    # How identities differ from the prediction, as principal directions: the agent can draw a face on
+    # a random plausible other person's shape (anonymizer.identity_variation) instead of the average.
+    resid = ys[:photos] - xs[:photos] @ w
+    _, sv, vt = np.linalg.svd(resid - resid.mean(0), full_matrices=False)
+    k = args.identity_components
+    identity_std = sv[:k] / np.sqrt(len(resid) - 1)
+    identity_share = float((sv[:k] ** 2).sum() / (sv ** 2).sum())
 
     # Mean landmark displacement between a face and its identity-free version, in 128 px crop pixels.
     moved = float(np.linalg.norm((yh - xh @ w).reshape(len(yh), -1, 2), axis=2).mean())
     args.models.mkdir(parents=True, exist_ok=True)
     out = args.models / "shape_model.npz"
     np.savez(out, weights=w.astype(np.float32), blendshapes=np.array(BLENDSHAPES),
-             landmark_indices=RENDERED_INDICES.astype(np.int32), crop_size=np.int32(CROP_SIZE))
+             landmark_indices=RENDERED_INDICES.astype(np.int32), crop_size=np.int32(CROP_SIZE),
+             identity_components=vt[:k].astype(np.float32), identity_std=identity_std.astype(np.float32))
     update_sums(args.models, [out.name])
-    report = {"train_faces": len(xs), "heldout_faces": len(xh), "ridge": args.ridge,
-              "variance_explained_train": explained(xs, ys), "variance_explained_heldout": explained(xh, yh),
-              "mean_landmark_shift_px_heldout": moved, "model": str(out.name), "size_kb": round(out.stat().st_size / 1e3, 1)}
+    report = {"train_faces": len(xs), "train_photos": photos, "train_fer_faces": len(xs) - photos, "heldout_faces": len(xh),
+              "ridge": args.ridge, "variance_explained_train": explained(xs, ys), "variance_explained_heldout": explained(xh, yh),
+              "mean_landmark_shift_px_heldout": moved, "identity_components": k,
+              "identity_components_share_of_residual_variance": identity_share, "model": str(out.name), "size_kb": round(out.stat().st_size / 1e3, 1)}
+    fer_val = args.fer_dir / "fer_val.npz"
+    if fer_val.exists():  # how much of an expression's geometry the model reproduces, on faces it never saw
+        report["variance_explained_fer_val"] = explained(*fer_rows(fer_val, 0))
     write_report(args.report, report)
     return 0
 
