@@ -203,7 +203,8 @@ class AnoncamMethod:
 
         cfg = AnonymizerConfig(backend=args.backend, threads=args.threads, generator=args.generator,
                                models_dir=args.models_dir, identity_normalization=args.identity_normalization, feather=args.feather,
-                               surround=args.surround, identity_variation=args.identity_variation, seed=args.seed)
+                               surround=args.surround, identity_variation=args.identity_variation, seed=args.seed,
+                               tone_match=args.tone_match)
         self.anonymizer = Anonymizer(cfg, mode="image")
         self.settings = {"backend": args.backend, "backend_class": type(self.anonymizer.backend).__name__,
                          "generator": args.generator, "generator_sha256": _generator_sha(args),
@@ -683,6 +684,8 @@ def main(argv=None):
                     help="anoncam: mask edge softness beyond the face oval, as a fraction of the face size")
     ap.add_argument("--identity-variation", type=float, default=AnonymizerConfig().identity_variation,
                     help="anoncam: draw faces on random other face shapes (standard deviations; 0 = the average shape)")
+    ap.add_argument("--tone-match", default=AnonymizerConfig().tone_match, choices=("none", "luminance"),
+                    help="anoncam: match the synthetic face's brightness to the original's")
     ap.add_argument("--surround", type=float, default=AnonymizerConfig().surround,
                     help="anoncam: blur hair and head outline out to the face oval grown by this fraction (0 = off)")
     ap.add_argument("--threads", type=int, default=1, help="generator inference threads (the CPU is shared)")
