@@ -216,7 +216,9 @@ def main(argv=None):
                     "optD": optD.state_dict(), "step": step, "trained_s": trained_s + time.time() - t_start,
                     "args": {k: str(v) for k, v in vars(args).items()}}, args.run / "state.pt.tmp")
         (args.run / "state.pt.tmp").replace(state_path)
-        torch.save({k: v.half() if v.is_floating_point() else v for k, v in G_ema.state_dict().items()}, args.run / "generator_ema.pt")
+        # CPU tensors: the compact checkpoint is committed and loaded on machines without a GPU.
+        torch.save({k: (v.half() if v.is_floating_point() else v).cpu() for k, v in G_ema.state_dict().items()},
+                   args.run / "generator_ema.pt")
         with torch.no_grad():
             save_grid(args.run / ("samples_final.png" if final else f"samples_{step:07d}.png"),
                       to_net(s_conds), G_ema(to_net(s_conds)), to_net(s_imgs))
