@@ -151,3 +151,25 @@ def test_fer_pack_draws_what_the_agent_draws_and_trains(tiny_fer_source, tiny_pa
     assert train_generator.main(["--data", str(data), "--fer", str(data / "fer_generator.npz"), "--run", str(run),
                                  "--minutes", "0.05", "--batch", "2", "--workers", "1", "--d-warmup", "1"]) == 0
     assert torch.load(run / "state.pt")["step"] > 1 and (run / "fer_final.png").exists()
+
+
+def test_blend_checkpoints(tmp_path):
+    """The shipped generator is a blend of two checkpoints: weight 0 and 1 give them back, 0.5 their mean."""
+    from tools import blend_checkpoints
+    from tools.generator_model import EdgeGenerator
+
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        paths.append(tmp_path / f"g{seed}.pt")
+        torch.save({k: v.half() if v.is_floating_point() else v for k, v in EdgeGenerator().state_dict().items()}, paths[-1])
+    a, b = (torch.load(p) for p in paths)
+    for weight in (0.0, 0.5, 1.0):
+        out = tmp_path / f"blend{weight}.pt"
+        assert blend_checkpoints.main([str(paths[0]), str(paths[1]), "--weight", str(weight), "--out", str(out)]) == 0
+        c = torch.load(out)
+        for k, v in c.items():
+            if v.is_floating_point():
+                assert v.dtype == torch.float16
+                assert torch.allclose(v.float(), (1 - weight) * a[k].float() + weight * b[k].float(), atol=1e-3)
+    EdgeGenerator().load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in c.items()})
