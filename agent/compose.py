@@ -93,11 +93,19 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 
 
+def grown_oval(landmarks: np.ndarray, grow: float) -> np.ndarray:
+    """The face-oval polygon of frame ``landmarks``, scaled by 1 + ``grow`` about its centre: the head around a face."""
+    oval = landmarks[FACE_OVAL_POLYGON, :2]
+    if grow == 0:
+        return oval
+    oval = oval.astype(np.float64)
+    centre = oval.mean(axis=0)
+    return centre + (oval - centre) * (1.0 + grow)
+
+
 def blur_surround(out: np.ndarray, job: FaceJob, grow: float) -> None:
     """Blur, in place, the head around a face: its oval grown by ``grow`` about its centre, soft-edged."""
-    oval = job.face.landmarks[FACE_OVAL_POLYGON, :2].astype(np.float64)
-    centre = oval.mean(axis=0)
-    ring = centre + (oval - centre) * (1.0 + grow)
+    ring = grown_oval(job.face.landmarks, grow)
     h, w = out.shape[:2]
     x0, y0 = np.maximum(np.floor(ring.min(axis=0)).astype(int), 0)
     x1, y1 = np.minimum(np.ceil(ring.max(axis=0)).astype(int) + 1, (w, h))

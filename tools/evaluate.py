@@ -261,7 +261,7 @@ class RegionMethod:
                                    else "MediaPipe face oval (hard edge)")
 
     def __call__(self, rgb: np.ndarray) -> Output:
-        from agent.topology import FACE_OVAL_POLYGON
+        from agent.compose import grown_oval
 
         faces = self.analyzer.detect(np.ascontiguousarray(rgb))
         out = rgb.copy()
@@ -288,8 +288,7 @@ class RegionMethod:
                                    interpolation=cv2.INTER_AREA)
                 changed = cv2.resize(small, (roi.shape[1], roi.shape[0]), interpolation=cv2.INTER_NEAREST)
             mask = np.zeros(roi.shape[:2], np.uint8)
-            oval = face.landmarks[FACE_OVAL_POLYGON, :2]
-            poly = oval.mean(axis=0) + (oval - oval.mean(axis=0)) * (1.0 + self.grow) - (bx0, by0)
+            poly = grown_oval(face.landmarks, self.grow) - (bx0, by0)
             cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 255, cv2.LINE_8, 4)
             roi[mask > 0] = changed[mask > 0]
             region[by0:by1, bx0:bx1] |= mask > 0
