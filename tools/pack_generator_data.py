@@ -45,9 +45,10 @@ class PackedFer:
     def crop(self, i: int) -> np.ndarray:
         return cv2.imdecode(self.blob[self.offsets[i]:self.offsets[i + 1]], cv2.IMREAD_GRAYSCALE)
 
-    def conditioning_landmarks(self, model_folder=None) -> np.ndarray:
-        """(N, 160, 2) identity-free landmarks in generator-crop pixels: what the agent draws at run time."""
-        feats = features_from_pose(self.blendshapes, self.yaw_pitch[:, 0], self.yaw_pitch[:, 1])
+    def conditioning_landmarks(self, model_folder=None, rows: slice = slice(None)) -> np.ndarray:
+        """(N, 160, 2) identity-free landmarks of ``rows`` in generator-crop pixels: what the agent draws at run time."""
+        yaw_pitch = self.yaw_pitch[rows]
+        feats = features_from_pose(self.blendshapes[rows], yaw_pitch[:, 0], yaw_pitch[:, 1])
         return ShapeNormalizer(1.0, model_folder).average_landmarks(feats).astype(np.float32)
 
 

@@ -53,33 +53,27 @@ def loss_mask(points: np.ndarray, size: int) -> np.ndarray:
 
 
 def _decode_and_render(args):
-    path, lo, hi, style = args
-    pack = PackedFaces(path)
-    imgs, conds, masks = [], [], []
-    for i in range(lo, hi):
-        imgs.append(pack.image(i))
-        conds.append(render_conditioning(pack.landmarks[i], CROP_SIZE, style))
-        masks.append((loss_mask(pack.landmarks[i], CROP_SIZE) * 255).astype(np.uint8))
-    return np.stack(imgs), np.stack(conds), np.stack(masks)
+    """Rows lo:hi of a pack: (pixels, conditioning, loss mask). Photos: the aligned crop and its own
+    landmarks. FER faces (``fer``): the 48 px grey crop and the identity-free shape drawn at run time."""
+    path, lo, hi, style, fer = args
+    if fer:
+        pack = PackedFer(path)
+        landmarks, pixels = pack.conditioning_landmarks(rows=slice(lo, hi)), pack.crop
+    else:
+        pack = PackedFaces(path)
+        landmarks, pixels = pack.landmarks[lo:hi], pack.image
+    conds = [render_conditioning(p, CROP_SIZE, style) for p in landmarks]
+    masks = [(loss_mask(p, CROP_SIZE) * 255).astype(np.uint8) for p in landmarks]
+    return np.stack([pixels(i) for i in range(lo, hi)]), np.stack(conds), np.stack(masks)
 
 
-def _render_fer(args):
-    path, lo, hi, style = args
-    pack = PackedFer(path)
-    landmarks = pack.conditioning_landmarks()
-    conds = [render_conditioning(landmarks[i], CROP_SIZE, style) for i in range(lo, hi)]
-    masks = [(loss_mask(landmarks[i], CROP_SIZE) * 255).astype(np.uint8) for i in range(lo, hi)]
-    return np.stack([pack.crop(i) for i in range(lo, hi)]), np.stack(conds), np.stack(masks)
-
-
-def load_pack(path: Path, style: str, workers: int, limit: int = 0):
-    fer = path.name.startswith("fer")
+def load_pack(path: Path, style: str, workers: int, limit: int = 0, fer: bool = False):
     n = len(PackedFer(path) if fer else PackedFaces(path))
     n = min(n, limit) if limit else n
     step = max(64, math.ceil(n / (workers * 4)))
-    jobs = [(path, lo, min(lo + step, n), style) for lo in range(0, n, step)]
+    jobs = [(path, lo, min(lo + step, n), style, fer) for lo in range(0, n, step)]
     with mp.get_context("spawn").Pool(workers) as pool:
-        parts = list(tqdm(pool.imap(_render_fer if fer else _decode_and_render, jobs), total=len(jobs), desc=f"render {path.name}"))
+        parts = list(tqdm(pool.imap(_decode_and_render, jobs), total=len(jobs), desc=f"render {path.name}"))
     return tuple(torch.from_numpy(np.concatenate(p)) for p in zip(*parts))
 
 
@@ -174,7 +168,7 @@ def main(argv=None):
     n = imgs.shape[0]
     print(f"{n} training faces on {dev}, batch {batch}")
     if args.fer:
-        f_crops, f_conds, f_masks = (t.to(dev) for t in load_pack(args.fer, args.style, args.workers, args.limit))
+        f_crops, f_conds, f_masks = (t.to(dev) for t in load_pack(args.fer, args.style, args.workers, args.limit, fer=True))
         print(f"{f_crops.shape[0]} FER faces for the expression loss, weight {args.fer_weight}")
 
     G = EdgeGenerator().to(dev).to(memory_format=torch.channels_last)
