@@ -72,11 +72,12 @@ class Synthesizer:
         """A random identity shape: one per track, so a followed face keeps its synthetic person."""
         if not self.identity_variation:
             return None
-        if track_id is None:
-            return self._rng.standard_normal(self.shape.identity_dims) * self.identity_variation
-        if track_id not in self._identities:
-            self._identities[track_id] = self._rng.standard_normal(self.shape.identity_dims) * self.identity_variation
-        return self._identities[track_id]
+        if track_id in self._identities:
+            return self._identities[track_id]
+        drawn = self._rng.standard_normal(self.shape.identity_dims) * self.identity_variation
+        if track_id is not None:
+            self._identities[track_id] = drawn
+        return drawn
 
     def run(self, jobs: list[FaceJob]) -> list[FaceJob]:
         """Fill ``job.generated`` for each job; a batch that fails marks its jobs with ``error``.
