@@ -44,6 +44,11 @@ class AnonymizerConfig(Section):
         "other face shape instead of the one average shape, this many standard deviations of the training faces' "
         "shape variation; 0 = the average shape",
     )
+    expression_neighbours: int = Field(
+        4, ge=0, le=64,
+        description="with identity_normalization: draw the mean of this many nearest expressions of other people "
+        "(models/expression_bank.npz) instead of the person's own blendshapes, which identify them too; 0 = their own",
+    )
     seed: int | None = Field(None, description="random seed for identity_variation; unset: different on every start")
     regenerate_every: int = Field(
         3, ge=1, le=10,

@@ -51,7 +51,8 @@ class Anonymizer:
             threads=cfg.threads,  # the full-range detector is an inference like the generator
         )
         self.backend = create_backend(cfg.backend, cfg.generator, cfg.models_dir, cfg.device, cfg.threads)
-        shape = ShapeNormalizer(cfg.identity_normalization, cfg.models_dir) if cfg.identity_normalization > 0 else None
+        shape = (ShapeNormalizer(cfg.identity_normalization, cfg.models_dir, cfg.expression_neighbours)
+                 if cfg.identity_normalization > 0 else None)
         self.synthesizer = Synthesizer(self.backend, shape=shape, regenerate_every=cfg.regenerate_every,
                                        identity_variation=cfg.identity_variation, seed=cfg.seed)
 

@@ -1,11 +1,16 @@
 """Identity-free geometry: the person's expression and head pose on an average person's face shape.
 
 Landmarks carry the shape of a face (jaw width, eye spacing, nose length), and shape identifies
-people. MediaPipe also gives 52 blendshapes (expression) and the head rotation, which carry little
+people. MediaPipe also gives 52 blendshapes (expression) and the head rotation, which carry less
 identity. ``models/shape_model.npz`` (fitted by ``tools/fit_shape_model.py`` on training
 identities) maps those to the crop landmarks an average face makes with them; the generator is
 conditioned on that prediction instead of the person's own landmarks. ``strength`` blends the two:
 1 draws the prediction only, 0 the person's landmarks (no normalization).
+
+Blendshapes are not free of identity either (a person's resting squint, the shape of their smile):
+with ``expression_neighbours`` > 0 the expression drawn is the mean of the nearest expressions of
+other people from ``models/expression_bank.npz`` (:class:`ExpressionBank`, k-Same) rather than the
+person's own blendshapes.
 
 Only what the generator is conditioned on changes: the face region that is replaced in the frame
 still follows the person's real landmarks, so nothing of the real face shows around it.
@@ -20,6 +25,7 @@ from .faces import Face, rotation_to_euler
 from .models import verified_path
 
 SHAPE_MODEL = "shape_model.npz"
+EXPRESSION_BANK = "expression_bank.npz"
 
 # MediaPipe FaceLandmarker's blendshape categories, in its output order.
 BLENDSHAPES = (
@@ -34,11 +40,17 @@ BLENDSHAPES = (
 )
 
 
-def features(blendshapes: dict[str, float], transform: np.ndarray) -> np.ndarray:
-    """Regression inputs for one face: its blendshapes and the yaw and pitch of its transformation matrix."""
+def blendshape_vector(blendshapes: dict[str, float]) -> np.ndarray:
+    """(52,) blendshapes in BLENDSHAPES order."""
+    return np.array([blendshapes.get(name, 0.0) for name in BLENDSHAPES], dtype=np.float64)
+
+
+def features(blendshapes: dict[str, float] | np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """Regression inputs for one face: its blendshapes (a dict, or a vector in BLENDSHAPES order) and
+    the yaw and pitch of its transformation matrix."""
     pose = rotation_to_euler(np.asarray(transform, dtype=np.float64)[:3, :3])
-    bs = np.array([[blendshapes.get(name, 0.0) for name in BLENDSHAPES]], dtype=np.float64)
-    return features_from_pose(bs, np.array([pose["yaw"]]), np.array([pose["pitch"]]))[0]
+    bs = blendshape_vector(blendshapes) if isinstance(blendshapes, dict) else np.asarray(blendshapes, np.float64)
+    return features_from_pose(bs[None], np.array([pose["yaw"]]), np.array([pose["pitch"]]))[0]
 
 
 def features_from_pose(blendshapes: np.ndarray, yaw_deg: np.ndarray, pitch_deg: np.ndarray) -> np.ndarray:
@@ -55,10 +67,52 @@ def features_from_pose(blendshapes: np.ndarray, yaw_deg: np.ndarray, pitch_deg: 
     return np.concatenate([bs, angles, bs * sy, bs * sp, np.ones((len(bs), 1))], 1)
 
 
+class ExpressionBank:
+    """k-Same for expressions: a face's blendshapes -> the mean of the nearest expressions of other people.
+
+    Blendshapes identify people as well as their expression (a face's resting squint, the shape of
+    its smile): drawn as they are, the generated face stays recognisable. The bank
+    (``models/expression_bank.npz``, fitted by ``tools/fit_expression_bank.py``) holds only means
+    of groups of training faces, never one person's blendshapes.
+    """
+
+    def __init__(self, model_folder=None):
+        path = verified_path(EXPRESSION_BANK, model_folder)
+        try:
+            with np.load(path, allow_pickle=False) as d:
+                self.centroids = d["centroids"].astype(np.float64)
+                names = tuple(str(n) for n in d["blendshapes"])
+                self.min_group = int(d["min_group"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise ModelError(f"{path} is not an expression bank ({exc}); rerun python -m tools.fit_expression_bank") from exc
+        if names != BLENDSHAPES or self.centroids.ndim != 2 or len(self.centroids) < 2:
+            raise ModelError(f"{path} was fitted for other blendshapes; rerun python -m tools.fit_expression_bank")
+
+    def pool(self, blendshapes: np.ndarray, neighbours: int) -> np.ndarray:
+        """(52,) -> (52,): the nearest ``neighbours`` stored expressions, averaged.
+
+        Weights fall linearly to zero at the next-nearest one, so the result moves smoothly as a
+        face's expression changes in a stream instead of jumping when the neighbour set changes.
+        """
+        k = max(1, min(neighbours, len(self.centroids) - 1))
+        d = np.linalg.norm(self.centroids - np.asarray(blendshapes, np.float64), axis=1)
+        idx = np.argpartition(d, k)[:k + 1]
+        idx = idx[np.argsort(d[idx])]
+        edge = d[idx[k]]
+        w = 1.0 - d[idx[:k]] / edge if edge > 0 else np.ones(k)
+        if w.sum() <= 1e-9:  # k + 1 equidistant expressions
+            w = np.ones(k)
+        return w @ self.centroids[idx[:k]] / w.sum()
+
+
 class ShapeNormalizer:
-    def __init__(self, strength: float = 1.0, model_folder=None):
+    def __init__(self, strength: float = 1.0, model_folder=None, expression_neighbours: int = 0):
         if not 0.0 <= strength <= 1.0:
             raise ValueError("shape normalization strength must be within 0-1")
+        if expression_neighbours < 0:
+            raise ValueError("expression_neighbours must be 0 (off) or more")
+        self.expression_neighbours = expression_neighbours
+        self.bank = ExpressionBank(model_folder) if expression_neighbours else None
         path = verified_path(SHAPE_MODEL, model_folder)
         try:
             with np.load(path, allow_pickle=False) as d:
@@ -94,7 +148,10 @@ class ShapeNormalizer:
         own = np.asarray(crop_landmarks, dtype=np.float64)[self.indices, :2]
         if face.blendshapes is None or face.transform is None or self.strength == 0.0:
             return own
-        average = self.average_landmarks(features(face.blendshapes, face.transform)[None])[0]
+        blendshapes = blendshape_vector(face.blendshapes)
+        if self.bank is not None:
+            blendshapes = self.bank.pool(blendshapes, self.expression_neighbours)
+        average = self.average_landmarks(features(blendshapes, face.transform)[None])[0]
         if identity is not None and self.identity_dims:
             average = average + (np.asarray(identity, np.float64) @ self.identity_basis).reshape(-1, 2)
         return average + (1.0 - self.strength) * (own - average)

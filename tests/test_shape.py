@@ -12,7 +12,7 @@ from agent.errors import ModelError
 from agent.faces import FaceAnalyzer
 from agent.pipeline import Anonymizer
 from agent.render import RENDERED_INDICES
-from agent.shape import SHAPE_MODEL, ShapeNormalizer
+from agent.shape import BLENDSHAPES, EXPRESSION_BANK, SHAPE_MODEL, ExpressionBank, ShapeNormalizer, blendshape_vector
 
 UPPER_LIP, LOWER_LIP = 13, 14  # inner lip midpoints in the 478-point mesh
 
@@ -70,11 +70,44 @@ def test_pipeline_changes_only_what_the_generator_sees(face_and_crop):
 
 def test_missing_or_tampered_shape_model_is_refused(tmp_path):
     (tmp_path / SHAPE_MODEL).write_bytes(b"not a model")
-    (tmp_path / "SHA256SUMS").write_text(f"{'0' * 64}  {SHAPE_MODEL}\n")
+    (tmp_path / EXPRESSION_BANK).write_bytes(b"not a bank")
+    (tmp_path / "SHA256SUMS").write_text(f"{'0' * 64}  {SHAPE_MODEL}\n{'0' * 64}  {EXPRESSION_BANK}\n")
     with pytest.raises(ModelError):
         ShapeNormalizer(1.0, tmp_path)
+    with pytest.raises(ModelError):
+        ExpressionBank(tmp_path)
     with pytest.raises(ValueError):
         ShapeNormalizer(1.5)
+    with pytest.raises(ValueError):
+        ShapeNormalizer(1.0, expression_neighbours=-1)
+
+
+def test_expression_bank_draws_other_peoples_expressions(face_and_crop):
+    """k-Same: the drawn expression is a mean of stored group means, never the person's own blendshapes."""
+    face, crop = face_and_crop
+    bank = ExpressionBank()
+    assert bank.min_group >= 4 and len(bank.centroids) > 1000
+    own = blendshape_vector(face.blendshapes)
+    pooled = bank.pool(own, 4)
+    assert pooled.shape == own.shape and not np.allclose(pooled, own, atol=1e-3)
+    # Still her expression: the astronaut smiles, and the pooled expression is nearer hers than most stored ones.
+    smile = [BLENDSHAPES.index("mouthSmileLeft"), BLENDSHAPES.index("mouthSmileRight")]
+    assert pooled[smile].mean() > 0.5
+    d_pooled = np.linalg.norm(pooled - own)
+    assert (np.linalg.norm(bank.centroids - own, axis=1) > d_pooled).mean() > 0.99
+    # Smooth in the input: a tiny change of expression moves the drawn one by about as little.
+    nudged = own + np.random.default_rng(0).normal(0, 1e-3, own.shape)
+    assert np.linalg.norm(bank.pool(nudged, 4) - pooled) < 0.05
+
+
+def test_expression_neighbours_change_only_the_drawn_expression(face_and_crop):
+    face, crop = face_and_crop
+    own, pooled = ShapeNormalizer(1.0), ShapeNormalizer(1.0, expression_neighbours=4)
+    assert not np.allclose(own(crop, face), pooled(crop, face))
+    # The pooled face still opens its mouth when the person does.
+    closed = pooled(crop, type(face)(face.landmarks, dict(face.blendshapes, jawOpen=0.0), face.transform))
+    opened = pooled(crop, type(face)(face.landmarks, dict(face.blendshapes, jawOpen=0.8), face.transform))
+    assert opened[row(LOWER_LIP), 1] - opened[row(UPPER_LIP), 1] > closed[row(LOWER_LIP), 1] - closed[row(UPPER_LIP), 1] + 2
 
 
 def test_random_identity_shapes_per_track_and_reproducible(face_and_crop):

@@ -173,3 +173,18 @@ def test_blend_checkpoints(tmp_path):
                 assert v.dtype == torch.float16
                 assert torch.allclose(v.float(), (1 - weight) * a[k].float() + weight * b[k].float(), atol=1e-3)
     EdgeGenerator().load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in c.items()})
+
+
+def test_mdav_groups_are_small_local_and_cover_every_row():
+    from tools.fit_expression_bank import mdav
+
+    rng = np.random.default_rng(0)
+    # Two expression clusters far apart, each a whole number of groups: no group may mix them.
+    x = np.concatenate([rng.normal(0, 0.05, (52, 52)), rng.normal(1, 0.05, (41, 52))])
+    groups = mdav(x, 4, progress=False)
+    rows = np.concatenate(groups)
+    assert sorted(rows.tolist()) == list(range(len(x)))
+    assert all(4 <= len(g) <= 7 for g in groups)
+    assert sum(len(set((g < 52).tolist())) > 1 for g in groups) <= 1  # at most the remainder group
+    with pytest.raises(ValueError):
+        mdav(x[:3], 4, progress=False)
