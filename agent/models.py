@@ -71,6 +71,9 @@ def verified_path(name: str, folder: Path | None = None) -> Path:
     """Return the path of model ``name`` after checking it against SHA256SUMS."""
     folder = Path(folder) if folder is not None else models_dir()
     path = folder / name
+    if not (folder / SUMS_FILE).is_file():
+        raise ModelError(f"{folder} has no {SUMS_FILE}, so {name} cannot be checked; point models_dir at a folder "
+                         "holding SHA256SUMS and the model files (the package's models/)")
     sums = _sums(folder)
     if name not in sums:
         raise ModelError(f"{name} has no entry in {folder / SUMS_FILE}; refusing to load an unlisted model")
