@@ -170,6 +170,10 @@ class ExpressionConfig(Section):
                                               "synthesis run side by side), the runtime's choice elsewhere")
     classifier: str = Field("emotion.int8", description="emotion CNN base name in the models folder")
     flip_tta: bool = Field(True, description="average the classifier over the face and its mirror image")
+    blendshapes: Literal["pooled", "raw"] = Field(
+        "pooled", description="blendshapes published per face: 'pooled', the mean of the nearest expressions of other "
+        "people (models/expression_bank.npz), or 'raw', the person's own, which also identify them")
+    blendshape_neighbours: int = Field(4, ge=1, le=64, description="expressions averaged when blendshapes: pooled")
     check_anonymized: bool = Field(True, description="classify each synthetic face too and report expression_kept")
     smoothing: float = Field(0.0, ge=0, lt=1, description="streams: per-track EMA of emotion scores and head pose; the "
                                                           "weight of the history (0 off, 0.6 moderate, 0.9 heavy)")

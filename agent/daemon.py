@@ -166,6 +166,7 @@ class Agent:
         self.publisher: Publisher | None = None
         self.anonymizer = None
         self.expression = None  # agent.expression.ExpressionAnalyzer when expression.enabled
+        self.blendshapes = None  # agent.expression.BlendshapeReport otherwise
         self.tracker = Tracker(config.policy)
         self.notifier = Notifier()
         self.last_stats: dict | None = None
@@ -208,6 +209,10 @@ class Agent:
                     self.expression = ExpressionAnalyzer(stream_threads(self.cfg.expression))
                 except ModelError as exc:
                     raise ModelError(f"{exc} (or set expression.enabled: false to publish without emotion metadata)") from None
+            else:
+                from .expression import BlendshapeReport
+
+                self.blendshapes = BlendshapeReport(self.cfg.expression)
             self._warm_up()
             self.publisher.start()
             self.capture.start()
@@ -469,7 +474,7 @@ class Agent:
                 items.append({
                     "box": [round(max(0.0, x0), 1), round(max(0.0, y0), 1), round(min(float(w), x1), 1), round(min(float(h), y1), 1)],
                     "track_id": face.track_id,
-                    "blendshapes": {k: round(v, 4) for k, v in face.blendshapes.items()} if face.blendshapes else None,
+                    "blendshapes": self.blendshapes(face),
                     "head_pose": {k: round(v, 2) for k, v in pose.items()} if pose else None,
                 })
         for item, face in zip(items, faces):

@@ -18,8 +18,10 @@ import pytest
 from skimage import data
 
 from agent.config import Config, ExpressionConfig, load_config
-from agent.expression import (BLENDSHAPE_NAMES, CROP_SIZE, EMOTIONS, META_SCHEMA, EmotionClassifier,
-                              ExpressionAnalyzer, TrackSmoother, grey_crop, schema)
+from agent.errors import ConfigError, ModelError
+from agent.expression import (BLENDSHAPE_NAMES, CROP_SIZE, EMOTIONS, META_SCHEMA, BlendshapeReport,
+                              EmotionClassifier, ExpressionAnalyzer, TrackSmoother, grey_crop, schema)
+from agent.shape import ExpressionBank
 from agent.faces import FaceAnalyzer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +84,39 @@ def test_describe_astronaut(analyzer, astronaut):
     x0, y0, x1, y1 = face["box"]
     assert 0 <= x0 < x1 <= rgb.shape[1] and 0 <= y0 < y1 <= rgb.shape[0]
     assert face["track_id"] is None and "missing" not in face and "expression_kept" not in face
+
+
+def test_published_blendshapes_are_pooled_unless_raw_is_asked_for(astronaut):
+    _, faces = astronaut
+    own = faces[0].blendshapes
+    raw = BlendshapeReport(ExpressionConfig(blendshapes="raw"))(faces[0])
+    assert raw == {k: round(own[k], 4) for k in BLENDSHAPE_NAMES}
+    pooled = BlendshapeReport(ExpressionConfig())(faces[0])  # the default
+    assert list(pooled) == list(BLENDSHAPE_NAMES) and pooled != raw
+    # What is published is a mix of the bank's group means, not the person's own values...
+    bank = ExpressionBank()
+    vec = np.array([own[k] for k in BLENDSHAPE_NAMES])
+    near = bank.centroids[np.argsort(np.linalg.norm(bank.centroids - vec, axis=1))[:4]]
+    got = np.array(list(pooled.values()))
+    assert np.all(got >= near.min(0) - 1e-4) and np.all(got <= near.max(0) + 1e-4)
+    # ...and still her expression: a broad smile.
+    assert pooled["mouthSmileLeft"] > 0.5 and pooled["mouthSmileRight"] > 0.5
+    one = BlendshapeReport(ExpressionConfig(blendshape_neighbours=1))(faces[0])
+    assert np.allclose(list(one.values()), near[0], atol=1e-4)  # snapped to the nearest group mean
+
+
+def test_blendshape_options_are_validated_and_the_bank_is_checked(tmp_path):
+    p = tmp_path / "agent.yaml"
+    for bad in ("blendshapes: exact", "blendshape_neighbours: 0"):
+        p.write_text(f"expression:\n  {bad}\n")
+        with pytest.raises(ConfigError, match="expression.blendshape"):
+            load_config(p)
+    with pytest.raises(ModelError, match="expression_bank.npz cannot be checked"):
+        BlendshapeReport(ExpressionConfig(models_dir=tmp_path))
+    (tmp_path / "SHA256SUMS").write_text("")
+    with pytest.raises(ModelError, match="expression_bank.npz has no entry"):
+        BlendshapeReport(ExpressionConfig(models_dir=tmp_path))
+    BlendshapeReport(ExpressionConfig(models_dir=tmp_path, blendshapes="raw"))  # raw needs no bank
 
 
 def test_face_without_blendshapes_is_flagged_and_still_classified(analyzer, astronaut):
@@ -217,8 +252,6 @@ def test_config_section():
 def test_config_rejects_bad_expression_keys(tmp_path):
     p = tmp_path / "agent.yaml"
     p.write_text("expression:\n  smoothing: 0.7\n  classifer: x\n")
-    from agent.errors import ConfigError
-
     with pytest.raises(ConfigError, match="expression.classifer"):
         load_config(p)
     p.write_text("expression:\n  smoothing: 0.7\n  backend: openvino\n")
