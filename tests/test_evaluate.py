@@ -128,6 +128,33 @@ def test_region_baselines_change_only_the_face(astronaut):
     assert 3 < areas["erase"] / areas["blur"] < 4.5  # the whole head: the oval grown to twice its size
 
 
+def test_anoncam_expression_options(astronaut):
+    """The run's expression settings reach the generator: pooled by default, random in the diagnostic."""
+    base = dict(backend="onnxruntime", threads=1, generator="generator.int8", models_dir=None, identity_normalization=1.0,
+                feather=0.06, surround=0.0, identity_variation=0.0, seed=0, tone_match="luminance")
+    drawn = {}
+    for name, extra in {"own": dict(expression_neighbours=0, random_expression=False),
+                        "pooled": dict(expression_neighbours=4, random_expression=False),
+                        "random": dict(expression_neighbours=4, random_expression=True)}.items():
+        method = ev.AnoncamMethod(Namespace(**base, **extra))
+        try:
+            drawn[name] = [method(astronaut).conditioning for _ in range(2)]
+            assert method.settings["expression_neighbours"] == extra["expression_neighbours"]
+        finally:
+            method.close()
+    assert np.array_equal(*drawn["pooled"]) and np.array_equal(*drawn["own"])
+    assert not np.array_equal(drawn["own"][0], drawn["pooled"][0])
+    assert not np.array_equal(*drawn["random"]), "a new random expression for every face"
+
+
+def test_random_expression_needs_the_drawn_expression(tmp_path, capsys):
+    for argv in (["--method", "blur"], ["--method", "anoncam", "--identity-normalization", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            ev.main([*argv, "--random-expression", "--out", str(tmp_path / "run")])
+        assert exc.value.code == 2 and "--random-expression" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_dlib_judge_on_astronaut(astronaut):
     pytest.importorskip("dlib")
     pytest.importorskip("face_recognition_models")

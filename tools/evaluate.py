@@ -197,6 +197,14 @@ class Output:
     extra: dict = field(default_factory=dict)
 
 
+class _RandomExpression:
+    def __init__(self, bank, seed: int):
+        self.centroids, self.rng = bank.centroids, np.random.default_rng(seed)
+
+    def pool(self, blendshapes, neighbours):
+        return self.centroids[self.rng.integers(len(self.centroids))]
+
+
 class AnoncamMethod:
     def __init__(self, args):
         from agent.pipeline import Anonymizer
@@ -204,12 +212,22 @@ class AnoncamMethod:
         cfg = AnonymizerConfig(backend=args.backend, threads=args.threads, generator=args.generator,
                                models_dir=args.models_dir, identity_normalization=args.identity_normalization, feather=args.feather,
                                surround=args.surround, identity_variation=args.identity_variation, seed=args.seed,
+                               expression_neighbours=args.expression_neighbours,
                                tone_match=args.tone_match)
         self.anonymizer = Anonymizer(cfg, mode="image")
+        if args.random_expression:
+            # Diagnostic: each face drawn with a random stored expression of other people, its own pose
+            # kept; what rank-1 is left shows how much of it the person's blendshapes carried.
+            from agent.shape import ExpressionBank
+
+            shape = self.anonymizer.synthesizer.shape
+            shape.bank, shape.expression_neighbours = _RandomExpression(ExpressionBank(args.models_dir), args.seed), 1
         self.settings = {"backend": args.backend, "backend_class": type(self.anonymizer.backend).__name__,
                          "generator": args.generator, "generator_sha256": _generator_sha(args),
                          "identity_normalization": args.identity_normalization,
                          "identity_variation": cfg.identity_variation,
+                         "expression_neighbours": cfg.expression_neighbours,
+                         "random_expression": bool(args.random_expression),
                          "feather": cfg.feather, "surround": cfg.surround, "tone_match": cfg.tone_match}
 
     def __call__(self, rgb: np.ndarray) -> Output:
@@ -683,6 +701,10 @@ def main(argv=None):
                     help="anoncam: mask edge softness beyond the face oval, as a fraction of the face size")
     ap.add_argument("--identity-variation", type=float, default=AnonymizerConfig().identity_variation,
                     help="anoncam: draw faces on random other face shapes (standard deviations; 0 = the average shape)")
+    ap.add_argument("--expression-neighbours", type=int, default=AnonymizerConfig().expression_neighbours,
+                    help="anoncam: draw the mean of this many nearest bank expressions (0 = the person's own blendshapes)")
+    ap.add_argument("--random-expression", action="store_true",
+                    help="anoncam diagnostic: draw every face with a random bank expression (its own pose kept)")
     ap.add_argument("--tone-match", default=AnonymizerConfig().tone_match, choices=("none", "luminance"),
                     help="anoncam: match the synthetic face's brightness to the original's")
     ap.add_argument("--surround", type=float, default=AnonymizerConfig().surround,
@@ -709,6 +731,8 @@ def main(argv=None):
         return 0
     if not args.method or not args.out:
         ap.error("--method and --out are required (or use --summary RUN...)")
+    if args.random_expression and (args.method != "anoncam" or args.identity_normalization == 0):
+        ap.error("--random-expression replaces the drawn expression: it needs --method anoncam with identity normalization")
     for p in (CELEBA_ZIP, FER_VAL_ZIP):
         if not p.is_file():
             ap.error(f"{p} not found; set ANONCAM_SHARED to the shared data folder")
