@@ -9,8 +9,8 @@ conditioned on that prediction instead of the person's own landmarks. ``strength
 
 Blendshapes are not free of identity either (a person's resting squint, the shape of their smile):
 with ``expression_neighbours`` > 0 the expression drawn is the mean of the nearest expressions of
-other people from ``models/expression_bank.npz`` (:class:`ExpressionBank`, k-Same) rather than the
-person's own blendshapes.
+other people with the same emotion and gaze, from ``models/expression_bank.npz`` (:class:`ExpressionBank`,
+k-Same-Select), rather than the person's own blendshapes.
 
 Only what the generator is conditioned on changes: the face region that is replaced in the frame
 still follows the person's real landmarks, so nothing of the real face shows around it.
@@ -68,12 +68,15 @@ def features_from_pose(blendshapes: np.ndarray, yaw_deg: np.ndarray, pitch_deg: 
 
 
 class ExpressionBank:
-    """k-Same for expressions: a face's blendshapes -> the mean of the nearest expressions of other people.
+    """k-Same-Select for expressions: a face's blendshapes -> the mean of the nearest expressions of other people.
 
     Blendshapes identify people as well as their expression (a face's resting squint, the shape of
     its smile): drawn as they are, the generated face stays recognisable. The bank
     (``models/expression_bank.npz``, fitted by ``tools/fit_expression_bank.py``) holds only means
-    of groups of training faces, never one person's blendshapes.
+    of groups of training faces, never one person's blendshapes. "Nearest" is measured along the
+    bank's matching axes only: the linear discriminants of the FER2013 emotions and the gaze
+    blendshapes. The expressions pooled share the face's emotion and gaze and differ in the rest,
+    the person's own manner, which averages out.
     """
 
     def __init__(self, model_folder=None):
@@ -83,10 +86,18 @@ class ExpressionBank:
                 self.centroids = d["centroids"].astype(np.float64)
                 names = tuple(str(n) for n in d["blendshapes"])
                 self.min_group = int(d["min_group"])
+                self.match_mean = d["match_mean"].astype(np.float64)
+                self.match_axes = d["match_axes"].astype(np.float64)
         except (OSError, KeyError, ValueError) as exc:
             raise ModelError(f"{path} is not an expression bank ({exc}); rerun python -m tools.fit_expression_bank") from exc
-        if names != BLENDSHAPES or self.centroids.ndim != 2 or len(self.centroids) < 2:
+        if (names != BLENDSHAPES or self.centroids.ndim != 2 or len(self.centroids) < 2
+                or self.match_axes.shape[0] != len(BLENDSHAPES) or self.match_mean.shape != (len(BLENDSHAPES),)):
             raise ModelError(f"{path} was fitted for other blendshapes; rerun python -m tools.fit_expression_bank")
+        self.keys = self.match_key(self.centroids)
+
+    def match_key(self, blendshapes: np.ndarray) -> np.ndarray:
+        """(..., 52) -> (..., axes): where an expression lies along the emotion axes."""
+        return (np.asarray(blendshapes, np.float64) - self.match_mean) @ self.match_axes
 
     def pool(self, blendshapes: np.ndarray, neighbours: int) -> np.ndarray:
         """(52,) -> (52,): the nearest ``neighbours`` stored expressions, averaged.
@@ -95,7 +106,7 @@ class ExpressionBank:
         face's expression changes in a stream instead of jumping when the neighbour set changes.
         """
         k = max(1, min(neighbours, len(self.centroids) - 1))
-        d = np.linalg.norm(self.centroids - np.asarray(blendshapes, np.float64), axis=1)
+        d = np.linalg.norm(self.keys - self.match_key(blendshapes), axis=1)
         idx = np.argpartition(d, k)[:k + 1]
         idx = idx[np.argsort(d[idx])]
         edge = d[idx[k]]

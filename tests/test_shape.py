@@ -83,18 +83,27 @@ def test_missing_or_tampered_shape_model_is_refused(tmp_path):
 
 
 def test_expression_bank_draws_other_peoples_expressions(face_and_crop):
-    """k-Same: the drawn expression is a mean of stored group means, never the person's own blendshapes."""
+    """k-Same-Select: the drawn expression is a mean of stored group means with her emotion and gaze,
+    never the person's own blendshapes."""
     face, crop = face_and_crop
     bank = ExpressionBank()
     assert bank.min_group >= 4 and len(bank.centroids) > 1000
     own = blendshape_vector(face.blendshapes)
     pooled = bank.pool(own, 4)
     assert pooled.shape == own.shape and not np.allclose(pooled, own, atol=1e-3)
-    # Still her expression: the astronaut smiles, and the pooled expression is nearer hers than most stored ones.
+    # Still her expression: the astronaut smiles, and along the matching axes (emotion and gaze) the
+    # pooled expression is nearer hers than almost every stored one.
     smile = [BLENDSHAPES.index("mouthSmileLeft"), BLENDSHAPES.index("mouthSmileRight")]
     assert pooled[smile].mean() > 0.5
-    d_pooled = np.linalg.norm(pooled - own)
-    assert (np.linalg.norm(bank.centroids - own, axis=1) > d_pooled).mean() > 0.99
+    d_pooled = np.linalg.norm(bank.match_key(pooled) - bank.match_key(own))
+    assert (np.linalg.norm(bank.keys - bank.match_key(own), axis=1) > d_pooled).mean() > 0.99
+    # The drawn face looks where she looks.
+    gaze = [i for i, name in enumerate(BLENDSHAPES) if name.startswith("eyeLook")]
+    for look in ("eyeLookOutLeft", "eyeLookInLeft"):
+        turned = own.copy()
+        turned[gaze] = 0.0
+        turned[BLENDSHAPES.index(look)] = 0.8
+        assert bank.pool(turned, 4)[BLENDSHAPES.index(look)] > 0.4
     # Smooth in the input: a tiny change of expression moves the drawn one by about as little.
     nudged = own + np.random.default_rng(0).normal(0, 1e-3, own.shape)
     assert np.linalg.norm(bank.pool(nudged, 4) - pooled) < 0.05

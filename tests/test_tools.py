@@ -188,3 +188,23 @@ def test_mdav_groups_are_small_local_and_cover_every_row():
     assert sum(len(set((g < 52).tolist())) > 1 for g in groups) <= 1  # at most the remainder group
     with pytest.raises(ValueError):
         mdav(x[:3], 4, progress=False)
+
+
+def test_match_axes_ignore_constant_blendshapes_and_keep_gaze():
+    from agent.shape import BLENDSHAPES
+    from tools.fit_expression_bank import GAZE, match_axes
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(7), 60)
+    x = rng.uniform(0, 0.2, (len(labels), len(BLENDSHAPES)))
+    smile = BLENDSHAPES.index("mouthSmileLeft")
+    x[:, smile] += 0.5 * (labels == 3)  # one emotion smiles
+    x[:, BLENDSHAPES.index("_neutral")] = 1e-4 * rng.random(len(labels))  # nearly constant, as MediaPipe gives it
+    spread = x.std(0)
+    mean, axes = match_axes(x, labels, spread)
+    assert axes.shape == (len(BLENDSHAPES), 6 + len(GAZE)) and mean.shape == (len(BLENDSHAPES),)
+    assert not axes[BLENDSHAPES.index("_neutral")].any(), "a constant blendshape must not steer the match"
+    emotion = axes[:, :6]
+    assert np.abs(emotion[smile]).max() == np.abs(emotion).max(), "the smile is what tells this emotion apart"
+    gaze = axes[:, 6:]
+    assert np.allclose(gaze[GAZE, np.arange(len(GAZE))] * spread[GAZE], 1.0) and np.count_nonzero(gaze) == len(GAZE)
