@@ -460,8 +460,8 @@ class Agent:
 
         With ``expression.enabled`` the fields come from :class:`agent.expression.ExpressionAnalyzer`
         (schema ``agent/schema/anoncam-metadata-v1.json``); without it, box, track, blendshapes and head
-        pose only. Either way no pixels, landmarks or identity features.
-        """
+        pose only. Either way no pixels or landmarks, and the blendshapes ``expression.blendshapes``
+        chooses (pooled over other people's expressions by default)."""
         replaced = {id(j.face): j.generated is not None for j in jobs}
         if self.expression is not None:
             items = self.expression.describe(rgb, faces, jobs)
