@@ -96,7 +96,7 @@ class ExpressionBank:
         self.keys = self.match_key(self.centroids)
 
     def match_key(self, blendshapes: np.ndarray) -> np.ndarray:
-        """(..., 52) -> (..., axes): where an expression lies along the emotion axes."""
+        """(..., 52) -> (..., axes): where an expression lies along the matching axes (emotion, gaze)."""
         return (np.asarray(blendshapes, np.float64) - self.match_mean) @ self.match_axes
 
     def pool(self, blendshapes: np.ndarray, neighbours: int) -> np.ndarray:
