@@ -25,7 +25,7 @@ from .backends import create_backend
 from .config import ExpressionConfig
 from .faces import Face
 from .images import to_rgb8
-from .shape import BLENDSHAPES, ExpressionBank
+from .shape import BLENDSHAPES, ExpressionBank, blendshape_vector
 
 META_SCHEMA = "anoncam.meta/1"  # the value of every message's "schema" field
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema" / "anoncam-metadata-v1.json"
@@ -158,7 +158,7 @@ class BlendshapeReport:
     def __call__(self, face: Face) -> dict | None:
         if not face.blendshapes:
             return None
-        values = np.array([face.blendshapes.get(k, 0.0) for k in BLENDSHAPE_NAMES], np.float64)
+        values = blendshape_vector(face.blendshapes)
         if self.bank is not None:
             values = self.bank.pool(values, self.neighbours)
         return {k: round(float(v), 4) for k, v in zip(BLENDSHAPE_NAMES, values)}

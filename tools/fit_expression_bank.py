@@ -9,11 +9,11 @@ that to 3.5 %, so this is the channel.
 The fix follows k-Same-Select (Gross, Airoldi, Malin & Sweeney, PET 2005) on expression parameters
 instead of pixels: the agent draws the mean of the nearest expressions of other people, "nearest"
 measured only along the directions that tell the seven FER2013 emotions apart (linear discriminant
-axes, fitted on FER2013 train labels and stored with the bank) and along gaze. The pooled faces share
-the person's emotion and gaze and differ in the rest, which averages out. The bank itself holds no one's blendshapes
-either: the training faces (photos of training identities and FER2013 train faces) are
-micro-aggregated with MDAV (Domingo-Ferrer & Mateo-Sanz, IEEE TKDE 2002) into groups of at least
-``--group`` faces, and only each group's mean is stored.
+axes, fitted on FER2013 train labels and stored with the bank) and along gaze. The pooled faces
+share the person's emotion and gaze and differ in the rest, which averages out. The bank itself
+holds no one's blendshapes either: the training faces (photos of training identities and FER2013
+train faces) are micro-aggregated with MDAV (Domingo-Ferrer & Mateo-Sanz, IEEE TKDE 2002) into
+groups of at least ``--group`` faces, and only each group's mean is stored.
 
     python -m tools.fit_expression_bank            # -> models/expression_bank.npz, models/SHA256SUMS
 
@@ -119,8 +119,8 @@ def nearest_same_identity(probes: np.ndarray, gallery: np.ndarray, ids: np.ndarr
     return float(np.mean(ids[d.argmin(1)] == ids))
 
 
-def measure_pooling(bank: ExpressionBank, heldout: np.ndarray, heldout_ids: np.ndarray, fer_train: Path,
-                    fer_val: Path, neighbours=(0, 1, 2, 4, 16, 64)) -> dict:
+def measure_pooling(bank: ExpressionBank, heldout: np.ndarray, heldout_ids: np.ndarray, fer_train: tuple,
+                    fer_val: tuple, neighbours=(0, 1, 2, 4, 16, 64)) -> dict:
     """What pooling does to identity and to expression, on faces the bank never saw.
 
     Identity: on held-out CelebA identities, an attacker holds the measured blendshapes of every
@@ -128,11 +128,12 @@ def measure_pooling(bank: ExpressionBank, heldout: np.ndarray, heldout_ids: np.n
     how often is it the same person? Expression: a linear classifier fitted on FER2013 train
     blendshapes, scored on FER2013 val blendshapes as measured (0) or pooled. Gaze: the correlation
     of the pooled ``eyeLook*`` blendshapes with the measured ones on the held-out photos.
+    ``fer_train`` and ``fer_val`` are (blendshapes, labels) as :func:`fer_blendshapes` gives them.
     """
     from sklearn.linear_model import LogisticRegression
 
-    xt, yt = fer_blendshapes(fer_train)
-    xv, yv = fer_blendshapes(fer_val)
+    xt, yt = fer_train
+    xv, yv = fer_val
     clf = LogisticRegression(max_iter=3000).fit(xt, yt)
     scale = bank.centroids.std(0)
     scale = np.where(scale > 1e-6, scale, 1.0)
@@ -188,7 +189,8 @@ def main(argv=None):
              match_mean=mean.astype(np.float32), match_axes=axes.astype(np.float32))
     update_sums(args.models, [out.name])
     bank = ExpressionBank(args.models)
-    measured = measure_pooling(bank, np.array(heldout), np.array(heldout_ids), args.fer, args.fer_val)
+    measured = measure_pooling(bank, np.array(heldout), np.array(heldout_ids), (fer, fer_labels),
+                               fer_blendshapes(args.fer_val))
     write_report(args.report, {
         "faces": len(x), "training_photos": len(photos), "fer_train_faces": len(fer), "group": args.group,
         "stored_expressions": len(centroids), "smallest_group": int(min(len(g) for g in groups)),
