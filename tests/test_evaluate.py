@@ -102,6 +102,52 @@ def test_summary_table_merges_runs(tmp_path):
     assert lines[-1].startswith("| target")
 
 
+def test_rank1_hits_are_per_query():
+    gallery = np.array([[0.0, 0.0], [10.0, 0.0], [3.0, 0.0]])
+    q = np.array([[0.0, 0.0], [9.0, 0.0], [3.1, 0.0]])
+    hits = ev.rank1_hits(q, ["A", "A", "B"], ["a1", "x", "b1"], gallery, ["A", "A", "B"], ["a1", "a2", "b1"])
+    # a1's own original is excluded, so its nearest is B's photo; x is nearest a2; b1's own is excluded too.
+    assert hits.tolist() == [False, True, False]
+    assert ev.rank1_hits(np.zeros((0, 2)), [], [], gallery, ["A", "A", "B"], ["a1", "a2", "b1"]).shape == (0,)
+
+
+def test_paired_difference_counts_only_discordant_items():
+    a = [True] * 30 + [False] * 60 + [True] * 2 + [False] * 8
+    b = [True] * 30 + [False] * 60 + [False] * 2 + [True] * 8
+    d = ev.paired_difference(a, b)
+    assert (d["n"], d["only_a"], d["only_b"]) == (100, 2, 8)
+    assert d["a"] == pytest.approx(0.32) and d["b"] == pytest.approx(0.38) and d["diff"] == pytest.approx(0.06)
+    assert d["p"] == pytest.approx(0.109375)  # exact two-sided binomial: 2 * P(X <= 2 | 10, 1/2) = 2 * 56 / 1024
+    lo, hi = d["ci95"]
+    assert lo < 0.06 < hi and lo > -0.02
+    same = ev.paired_difference(a, a)
+    assert same["diff"] == 0 and same["p"] == 1.0 and same["ci95"] == (0.0, 0.0)
+    with pytest.raises(ValueError):
+        ev.paired_difference(a, b[:-1])
+
+
+def test_compare_runs_pairs_items_by_key(tmp_path, capsys):
+    def run(name, hits, agree):
+        d = tmp_path / name
+        d.mkdir()
+        items = [{"part": "identity", "key": f"p{i}", "label": "id", "rank1_hit": h, "reid_hit": 0, "distance": "0.7"}
+                 for i, h in enumerate(hits)]
+        items += [{"part": "expression", "key": f"f{i}", "label": "sad", "original": "sad", "anonymized": "sad" if g else "happy",
+                   "agree": g} for i, g in enumerate(agree)]
+        ev.write_items(d / ev.ITEMS_FILE, items)
+        return d
+    a = run("a", [1, 1, 0, 0], [1, 0, 1])
+    b = run("b", [1, 0, 0, 0, 1], [1, 1, 1])  # p4 only in b: not paired, not counted
+    assert ev.main(["--compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "| rank-1 | 4 | 50.0 % | 25.0 % | -25.0 pts |" in out
+    assert "| re-identification | 4 | 0.0 % | 0.0 % | +0.0 pts |" in out
+    assert "| expression agreement | 3 | 66.7 % | 100.0 % | +33.3 pts |" in out
+    (tmp_path / "old-run").mkdir()  # a report from before items.csv was written
+    with pytest.raises(SystemExit, match="items.csv not found"):
+        ev.compare_runs(a, tmp_path / "old-run")
+
+
 @pytest.fixture(scope="module")
 def astronaut():
     data = pytest.importorskip("skimage.data")

@@ -4,6 +4,7 @@
     python -m tools.evaluate --method blur --out reports/blur              # baselines on the same faces
     python -m tools.evaluate --method pixelate --out reports/pixelate
     python -m tools.evaluate --summary reports/anoncam reports/blur reports/pixelate   # one Markdown table
+    python -m tools.evaluate --compare reports/blur reports/anoncam    # paired differences, item by item
 
 Identity: the 40 held-out CelebA identities x 30 photos (tools.datasets.is_heldout_identity; never
 trained on). Each whole photo goes through the method (anoncam: the full stills path,
@@ -24,14 +25,16 @@ method; the independent judge classifies the upscaled original and the anonymize
 turned to 64x64 grey the same way. Agreement = same label, over faces where MediaPipe found a face.
 
 Original dlib descriptors are cached in ~/.cache/anoncam/, so reruns only judge the new outputs.
-Writes <out>/metrics.json, <out>/report.md and <out>/grid.png (conditioning | the replaced face region
-only, the rest blacked out, so it holds no dataset pixels), plus reports/tmp/<name>_grid.png with
-original | conditioning | anonymized (gitignored: dataset images are never committed).
+Writes <out>/metrics.json, <out>/report.md, <out>/items.csv (each scored item's verdicts, for --compare)
+and <out>/grid.png (conditioning | the replaced face region only, the rest blacked out, so it holds no
+dataset pixels), plus reports/tmp/<name>_grid.png with original | conditioning | anonymized (gitignored:
+dataset images are never committed).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import os
@@ -86,12 +89,40 @@ def rank1_identification(queries: np.ndarray, query_ids, query_keys, gallery: np
     """
     if len(queries) == 0:
         return float("nan")
+    return float(rank1_hits(queries, query_ids, query_keys, gallery, gallery_ids, gallery_keys).mean())
+
+
+def rank1_hits(queries: np.ndarray, query_ids, query_keys, gallery: np.ndarray, gallery_ids, gallery_keys) -> np.ndarray:
+    """Per query: is its nearest gallery descriptor (other than its own key's) of the query's identity."""
+    if len(queries) == 0:
+        return np.zeros(0, bool)
     q = np.asarray(queries, np.float64)
     g = np.asarray(gallery, np.float64)
     d = np.sqrt(np.maximum((q * q).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2 * q @ g.T, 0))
     d[np.asarray(query_keys)[:, None] == np.asarray(gallery_keys)[None, :]] = np.inf
     nearest = np.argmin(d, axis=1)
-    return float((np.asarray(gallery_ids)[nearest] == np.asarray(query_ids)).mean())
+    return np.asarray(gallery_ids)[nearest] == np.asarray(query_ids)
+
+
+def paired_difference(a, b) -> dict:
+    """Two runs judged on the same items: b's rate minus a's, with its 95 % interval and McNemar's exact p.
+
+    Both runs see the same photos and FER faces, so only the items on which they disagree carry
+    information; treating the two rates as independent would count the many items both get right or
+    both get wrong as noise.
+    """
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    n = len(a)
+    if n == 0 or len(b) != n:
+        raise ValueError("paired_difference needs two equally long, non-empty outcome lists")
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    diff = (only_b - only_a) / n
+    se = np.sqrt(max(only_a + only_b - (only_b - only_a) ** 2 / n, 0.0)) / n
+    p = binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {"n": n, "a": float(a.mean()), "b": float(b.mean()), "diff": diff,
+            "ci95": (diff - 1.96 * se, diff + 1.96 * se), "only_a": only_a, "only_b": only_b, "p": float(p)}
 
 
 def judge_input(image: np.ndarray) -> np.ndarray:
@@ -431,7 +462,11 @@ def evaluate_identity(method, recognizer: DlibRecognizer, args, samples: list) -
     anon_desc = np.array(anon_desc) if anon_desc else np.zeros((0, 128))
     dist = descriptor_distances(anon_desc, paired) if len(keys) else np.zeros(0)
     q_orig_rank1 = rank1_identification(paired, ids, keys, g_desc, g_ids, g_keys)
+    hits = rank1_hits(anon_desc, ids, keys, g_desc, g_ids, g_keys)
+    items = [{"part": "identity", "key": k, "label": i, "rank1_hit": int(h), "reid_hit": int(dd < DLIB_THRESHOLD),
+              "distance": f"{dd:.4f}"} for k, i, h, dd in zip(keys, ids, hits, dist)]
     return {
+        "_items": items,
         "photos": len(photos),
         "identities": len({i for _, i in photos}),
         "gallery_size": int(have.sum()),
@@ -459,13 +494,14 @@ def fer_items(limit: int, seed: int) -> list[tuple[str, str]]:
 
 
 def evaluate_expression(method, judge: ExpressionJudge, args, samples: list) -> dict:
-    items = fer_items(args.fer_limit, args.seed)
+    fer = fer_items(args.fer_limit, args.seed)
     skipped = 0
     truth, before, after = [], [], []
     truth_all, before_all = [], []
+    items = []
     seconds = 0.0
     with zipfile.ZipFile(FER_VAL_ZIP) as z:
-        for name, label in tqdm(items, desc=f"expression ({args.method})", unit="img"):
+        for name, label in tqdm(fer, desc=f"expression ({args.method})", unit="img"):
             grey = cv2.imdecode(np.frombuffer(z.read(name), np.uint8), cv2.IMREAD_GRAYSCALE)
             big = cv2.resize(grey, None, fx=args.fer_upscale, fy=args.fer_upscale, interpolation=cv2.INTER_CUBIC)
             rgb = cv2.cvtColor(big, cv2.COLOR_GRAY2RGB)
@@ -481,13 +517,16 @@ def evaluate_expression(method, judge: ExpressionJudge, args, samples: list) -> 
             truth.append(label)
             before.append(original_label)
             after.append(judge.label(out.pixels))
+            items.append({"part": "expression", "key": name, "label": label, "original": original_label,
+                          "anonymized": after[-1], "agree": int(original_label == after[-1])})
             if len(samples) < args.fer_grid_rows and out.conditioning is not None:
                 samples.append({"id": name, "original": rgb, "conditioning": out.conditioning, "anonymized": out.pixels,
                                 "replaced": _only(out.pixels, out.region)})
     truth, before, after = np.array(truth), np.array(before), np.array(after)
     per_class = {c: float((after[truth == c] == before[truth == c]).mean()) for c in sorted(set(truth.tolist()))}
     return {
-        "sampled": len(items),
+        "_items": items,
+        "sampled": len(fer),
         "sampling": "all" if args.fer_limit <= 0 else f"class-stratified random, seed {args.seed}",
         "skipped_no_face": skipped,
         "scored": int(len(after)),
@@ -497,7 +536,7 @@ def evaluate_expression(method, judge: ExpressionJudge, args, samples: list) -> 
         "judge_accuracy_originals": float((truth == before).mean()) if len(after) else float("nan"),
         "judge_accuracy_anonymized": float((truth == after).mean()) if len(after) else float("nan"),
         "anonymized_label_share": {c: float((after == c).mean()) for c in JUDGE_LABELS} if len(after) else {},
-        "ms_per_image": 1e3 * seconds / max(1, len(items)),
+        "ms_per_image": 1e3 * seconds / max(1, len(fer)),
     }
 
 
@@ -658,6 +697,7 @@ def run(args) -> dict:
         expression = evaluate_expression(method, judge, args, fer_samples) if not args.skip_expression else {}
     finally:
         method.close()
+    items = identity.pop("_items", []) + expression.pop("_items", [])
     settings = {
         "method": args.method, **method.settings, "threads": args.threads,
         "celeba_upscale_before_anonymizing": args.celeba_upscale, "celeba_limit": args.limit or "all",
@@ -683,8 +723,51 @@ def run(args) -> dict:
     tmp_json = out / "metrics.json.tmp"
     tmp_json.write_text(json.dumps(metrics, indent=2) + "\n")
     os.replace(tmp_json, out / "metrics.json")
+    write_items(out / ITEMS_FILE, items)
     write_report(out, metrics)
     return metrics
+
+
+ITEMS_FILE = "items.csv"
+ITEM_COLUMNS = ("part", "key", "label", "rank1_hit", "reid_hit", "distance", "original", "anonymized", "agree")
+
+
+def write_items(path: Path, items: list[dict]) -> None:
+    """One row per scored photo and FER face (dataset file names and the judges' verdicts, no pixels), so
+    two runs can be compared item by item (--compare)."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=ITEM_COLUMNS, restval="")
+        w.writeheader()
+        w.writerows(items)
+
+
+def read_items(run: Path) -> dict:
+    path = run / ITEMS_FILE if run.is_dir() else run
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: runs evaluated before per-item results were kept cannot be "
+                         "compared item by item; rerun them with the command in their metrics.json")
+    with open(path, newline="") as f:
+        return {(r["part"], r["key"]): r for r in csv.DictReader(f)}
+
+
+COMPARED = (("identity", "reid_hit", "re-identification"), ("identity", "rank1_hit", "rank-1"),
+            ("expression", "agree", "expression agreement"))
+
+
+def compare_runs(a: Path, b: Path) -> str:
+    """Markdown table: each metric of run b against run a, on the items both scored."""
+    ra, rb = read_items(a), read_items(b)
+    rows = [f"Paired comparison, `{b}` against `{a}` (items both runs scored):", "",
+            "| metric | items | a | b | b − a | 95 % interval | only a / only b | McNemar p |", "|---|---|---|---|---|---|---|---|"]
+    for part, column, label in COMPARED:
+        keys = sorted(k for k in ra.keys() & rb.keys() if k[0] == part)
+        if not keys:
+            continue
+        d = paired_difference([ra[k][column] == "1" for k in keys], [rb[k][column] == "1" for k in keys])
+        lo, hi = d["ci95"]
+        rows.append(f"| {label} | {d['n']} | {100 * d['a']:.1f} % | {100 * d['b']:.1f} % | {100 * d['diff']:+.1f} pts | "
+                    f"{100 * lo:+.1f} … {100 * hi:+.1f} | {d['only_a']} / {d['only_b']} | {d['p']:.3f} |")
+    return "\n".join(rows)
 
 
 def main(argv=None):
@@ -724,8 +807,13 @@ def main(argv=None):
     ap.add_argument("--skip-expression", action="store_true")
     ap.add_argument("--summary", nargs="+", type=Path, metavar="RUN",
                     help="print one Markdown table merging these report folders (or metrics.json files)")
+    ap.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"),
+                    help="compare report folder B with A item by item (paired differences, McNemar's test)")
     args = ap.parse_args(argv)
     args.argv = argv
+    if args.compare:
+        print(compare_runs(*args.compare))
+        return 0
     if args.summary:
         print(summary_table(args.summary))
         return 0
