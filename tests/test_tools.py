@@ -174,6 +174,20 @@ def test_blend_checkpoints(tmp_path):
                 assert torch.allclose(v.float(), (1 - weight) * a[k].float() + weight * b[k].float(), atol=1e-3)
     EdgeGenerator().load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in c.items()})
 
+    # Above 1 the fine-tune's change is extrapolated; BatchNorm variances must stay positive.
+    b_var = {k: v.clone() for k, v in b.items()}
+    var = next(k for k in b_var if k.endswith("running_var"))
+    b_var[var] = a[var] * 0.2  # the fine-tune shrank this variance: 2x that change crosses zero
+    torch.save(b_var, paths[1])
+    out = tmp_path / "extrapolated.pt"
+    assert blend_checkpoints.main([str(paths[0]), str(paths[1]), "--weight", "2", "--out", str(out)]) == 0
+    c = torch.load(out)
+    conv = next(k for k in c if k.endswith("weight") and c[k].dim() == 4)
+    assert torch.allclose(c[conv].float(), 2 * b[conv].float() - a[conv].float(), atol=2e-3)
+    assert (c[var].float() > 0).all()
+    with pytest.raises(SystemExit, match="0-3"):
+        blend_checkpoints.main([str(paths[0]), str(paths[1]), "--weight", "3.5", "--out", str(out)])
+
 
 def test_mdav_groups_are_small_local_and_cover_every_row():
     from tools.fit_expression_bank import mdav
