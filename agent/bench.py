@@ -565,6 +565,7 @@ STAGE_LABELS = (
     ("analysis", "face analysis"),
     ("tracking", "tracking"),
     ("align", "align + render"),
+    ("routing", "emotion routing"),
     ("synthesis", "generator"),
     ("compose", "paste-back"),
     ("expression", "expression"),

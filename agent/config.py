@@ -18,6 +18,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+Emotion = Literal["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+# Campaign step 6 (models/MODEL_CARD.md): the photo-trained generator renders happy and neutral faces
+# best, the one fine-tuned on FER2013's expressions all the others.
+DEFAULT_GENERATOR_BY_EMOTION: dict[str, str] = {
+    "happy": "generator-calm.int8", "neutral": "generator-calm.int8",
+    **{e: "generator-expressive.int8" for e in ("angry", "disgust", "fear", "sad", "surprise")},
+}
+
+
 class AnonymizerConfig(Section):
     """Face analysis, synthesis and paste-back (shared by stills and streams)."""
 
@@ -25,7 +34,15 @@ class AnonymizerConfig(Section):
     device: str = Field("CPU", description="OpenVINO device: CPU, GPU, NPU (ignored by onnxruntime)")
     threads: int = Field(0, ge=0, description="inference threads; 0: half the cores in `anoncam run` (analysis and "
                                               "synthesis run side by side), the runtime's choice elsewhere")
-    generator: str = Field("generator.int8", description="model base name in the models folder")
+    generator: str = Field("generator.int8", description="generator model base name in the models folder: the one "
+                           "for every face when generator_by_emotion is {}, and for the emotions it does not list")
+    generator_by_emotion: dict[Emotion, str] = Field(
+        default_factory=lambda: dict(DEFAULT_GENERATOR_BY_EMOTION),
+        description="draw each face with the generator named for its emotion (the emotion classifier on the real "
+        "face; a face it cannot read is drawn as a neutral one); {} = `generator` for every face",
+    )
+    emotion_classifier: str = Field("emotion.int8", description="with generator_by_emotion: the classifier model "
+                                    "base name (the metadata stage's)")
     max_faces: int = Field(8, ge=1, le=64)
     min_detection_confidence: float = Field(0.5, gt=0, lt=1)
     full_range: bool = Field(

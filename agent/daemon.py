@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 META_SCHEMA = "anoncam.meta/1"
 STATS_SCHEMA = "anoncam.stats/1"
 FAIL_REASONS = ("analysis_error", "synthesis_error", "over_budget", "incomplete", "output_error")
-STAGES = ("analysis", "tracking", "align", "synthesis", "compose", "expression", "encode", "total")
+STAGES = ("analysis", "tracking", "align", "routing", "synthesis", "compose", "expression", "encode", "total")
 
 
 def parse_broker(text: str) -> tuple[str, int]:
@@ -201,7 +201,6 @@ class Agent:
             self.notifier.status("loading models")
             from .pipeline import Anonymizer
 
-            self.anonymizer = Anonymizer(stream_threads(self.cfg.anonymizer), mode="video")
             if self.cfg.expression.enabled:
                 from .expression import ExpressionAnalyzer
 
@@ -213,6 +212,10 @@ class Agent:
                 from .expression import BlendshapeReport
 
                 self.blendshapes = BlendshapeReport(self.cfg.expression)
+            # One classifier for the metadata and the generator router: each face is read once per frame.
+            shared = (self.expression.classifier if self.expression is not None
+                      and self.cfg.expression.classifier == self.cfg.anonymizer.emotion_classifier else None)
+            self.anonymizer = Anonymizer(stream_threads(self.cfg.anonymizer), mode="video", emotion_classifier=shared)
             self._warm_up()
             self.publisher.start()
             self.capture.start()
@@ -255,8 +258,11 @@ class Agent:
         h = self.cfg.capture.height or 480
         self.anonymizer.analyze(np.full((h, w, 3), 128, np.uint8), 0)
         size = self.anonymizer.synthesizer.size
-        for batch in (1, 2):
-            self.anonymizer.backend.infer(np.zeros((batch, 3, size, size), np.float32))
+        for backend in self.anonymizer.synthesizer.backends():
+            for batch in (1, 2):
+                backend.infer(np.zeros((batch, 3, size, size), np.float32))
+        if self.anonymizer.router is not None:
+            self.anonymizer.router.classifier.probabilities(np.zeros((2, 48, 48), np.uint8))
         if self.expression is not None:
             self.expression.classifier.probabilities(np.zeros((2, 48, 48), np.uint8))
 
@@ -408,7 +414,7 @@ class Agent:
             stats.faces["frames_with_faces"] += bool(faces) or bool(len(unmeshed))
             stats.stage("analysis", (w.t_analysis - start) * 1e3)
             stats.stage("tracking", (t_track - t_start2) * 1e3)
-            for name in ("align", "synthesis", "compose"):
+            for name in ("align", "routing", "synthesis", "compose"):
                 stats.stage(name, timings[f"{name}_ms"])
             stats.stage("expression", (t_meta - t_anon) * 1e3)
             stats.stage("encode", (end - t_meta) * 1e3)

@@ -188,20 +188,27 @@ class ExpressionAnalyzer:
         return {"checked": self.checked, "kept": self.kept, "rate": (self.kept / self.checked) if self.checked else None}
 
     def describe(self, rgb: np.ndarray, faces: list[Face], jobs=None) -> list[dict]:
+        by_face = {id(j.face): j for j in (jobs or [])}
+        # Faces the generator router just classified with this very classifier are not classified again.
+        known = {i: by_face[id(f)].emotion[1] for i, f in enumerate(faces)
+                 if id(f) in by_face and by_face[id(f)].emotion is not None and by_face[id(f)].emotion[0] is self.classifier}
         if not self.cfg.check_anonymized:
-            jobs = None
+            jobs, by_face = None, {}
         rgb8 = to_rgb8(rgb)
         h, w = rgb8.shape[:2]
         crops, rows = [], {}
         for i, f in enumerate(faces):
+            if i in known:
+                continue
             try:
                 crops.append(grey_crop(rgb8, f.landmarks))
                 rows[i] = len(crops) - 1
             except ValueError:  # degenerate landmarks (eyes and mouth coincide): no crop to classify
                 pass
+        n_real = len(crops)
         # Synthetic faces go through the same classifier in the same batch (one backend call).
-        by_face = {id(j.face): j for j in (jobs or [])}
-        gen_rows = [i for i, f in enumerate(faces) if i in rows and id(f) in by_face and by_face[id(f)].generated is not None]
+        gen_rows = [i for i, f in enumerate(faces)
+                    if (i in rows or i in known) and id(f) in by_face and by_face[id(f)].generated is not None]
         # A synthetic crop carried over from an earlier frame (Synthesizer's regenerate_every) is
         # the very same array, so its scores from that frame still hold.
         anon, fresh = {}, []
@@ -213,12 +220,13 @@ class ExpressionAnalyzer:
                 fresh.append(i)
         crops += [crop_to_input(by_face[id(faces[i])].generated) for i in fresh]
         probs = self.classifier.probabilities(np.stack(crops) if crops else np.zeros((0, CROP_SIZE, CROP_SIZE), np.uint8))
-        anon.update(zip(fresh, probs[len(rows):]))
+        anon.update(zip(fresh, probs[n_real:]))
+        real = {i: probs[r] for i, r in rows.items()} | known
         self._anon_scores = {faces[i].track_id: (by_face[id(faces[i])].generated, anon[i])
                              for i in anon if faces[i].track_id is not None}
         out = []
         for i, face in enumerate(faces):
-            scores, pose = (probs[rows[i]] if i in rows else None), face.head_pose()
+            scores, pose = real.get(i), face.head_pose()
             raw_label = int(np.argmax(scores)) if scores is not None else None
             if self.smoother is not None and face.track_id is not None and scores is not None:
                 scores, pose = self.smoother.update(face.track_id, scores, pose)

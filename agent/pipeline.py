@@ -17,12 +17,13 @@ import numpy as np
 
 from .backends import create_backend
 from .compose import AnonymizedFrame, compose
-from .config import AnonymizerConfig
+from .config import AnonymizerConfig, ExpressionConfig
 from .errors import AnoncamError
+from .expression import EMOTIONS, EmotionClassifier
 from .faces import Face, FaceAnalyzer
 from .images import to_rgb8
 from .shape import ShapeNormalizer
-from .synthesis import FaceJob, Synthesizer
+from .synthesis import EmotionRouter, FaceJob, Synthesizer
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +44,34 @@ class Result:
 class Anonymizer:
     """Stills (``mode="image"``) or streams (``mode="video"``, tracking between frames)."""
 
-    def __init__(self, cfg: AnonymizerConfig | None = None, mode: str = "image"):
+    def __init__(self, cfg: AnonymizerConfig | None = None, mode: str = "image",
+                 emotion_classifier: EmotionClassifier | None = None):
+        """``emotion_classifier``: the metadata stage's classifier, shared by the generator router
+        (then each face is classified once per frame); by default the router loads its own."""
         self.cfg = cfg = cfg or AnonymizerConfig()
         self.analyzer = FaceAnalyzer(
             max_faces=cfg.max_faces, mode=mode, min_detection_confidence=cfg.min_detection_confidence,
             model_folder=cfg.models_dir, full_range=cfg.full_range, full_range_threshold=cfg.full_range_threshold,
             threads=cfg.threads,  # the full-range detector is an inference like the generator
         )
-        self.backend = create_backend(cfg.backend, cfg.generator, cfg.models_dir, cfg.device, cfg.threads)
+        routes = cfg.generator_by_emotion
+        # Faces whose emotion cannot be read are drawn as neutral ones; `generator` is loaded only if
+        # some emotion has no generator of its own (or routing is off).
+        default = routes.get("neutral", cfg.generator)
+        names = set(routes.values()) | ({cfg.generator} if set(EMOTIONS) - set(routes) else set()) | {default}
+        generators = {n: create_backend(cfg.backend, n, cfg.models_dir, cfg.device, cfg.threads) for n in sorted(names)}
+        self.backend = generators[default]
+        router = None
+        if routes:
+            classifier = emotion_classifier or EmotionClassifier(ExpressionConfig(
+                backend=cfg.backend, device=cfg.device, threads=cfg.threads, classifier=cfg.emotion_classifier,
+                models_dir=cfg.models_dir))
+            router = EmotionRouter(classifier, routes, default=cfg.generator)
         shape = (ShapeNormalizer(cfg.identity_normalization, cfg.models_dir, cfg.expression_neighbours)
                  if cfg.identity_normalization > 0 else None)
         self.synthesizer = Synthesizer(self.backend, shape=shape, regenerate_every=cfg.regenerate_every,
-                                       identity_variation=cfg.identity_variation, seed=cfg.seed)
+                                       identity_variation=cfg.identity_variation, seed=cfg.seed,
+                                       generators=generators if routes else {}, router=router)
 
     def analyze(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> list[Face]:
         """All faces with landmarks in ``rgb`` (any bit depth), in full-resolution pixel coordinates."""
@@ -87,11 +104,17 @@ class Anonymizer:
                 log.warning("face could not be aligned (%s); masking it", exc)
                 jobs.append(_hull_job(face, exc))
         t1 = time.perf_counter()
-        self.synthesizer.run([j for j in jobs if j.error is None])
+        self.synthesizer.run([j for j in jobs if j.error is None], to_rgb8(rgb) if self.router is not None else None)
         t2 = time.perf_counter()
         frame = compose(rgb, jobs, self.cfg.feather, self.cfg.tone_match, unmeshed, self.cfg.surround)
         t3 = time.perf_counter()
-        return frame, jobs, {"align_ms": (t1 - t0) * 1e3, "synthesis_ms": (t2 - t1) * 1e3, "compose_ms": (t3 - t2) * 1e3}
+        routing = self.synthesizer.routing_ms
+        return frame, jobs, {"align_ms": (t1 - t0) * 1e3, "routing_ms": routing,
+                             "synthesis_ms": (t2 - t1) * 1e3 - routing, "compose_ms": (t3 - t2) * 1e3}
+
+    @property
+    def router(self) -> EmotionRouter | None:
+        return self.synthesizer.router
 
     def process(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> Result:
         t0 = time.perf_counter()

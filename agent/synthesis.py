@@ -5,12 +5,15 @@ The generator sees only the rendered conditioning image, never a pixel of the re
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from .align import CROP_SIZE, alignment_matrix, transform_points
 from .backends import InferenceBackend
+from .expression import EMOTIONS, EmotionClassifier, TrackSmoother, grey_crop
 from .faces import Face
 from .render import from_network_output, render_conditioning, to_network_input
 from .shape import ShapeNormalizer
@@ -28,6 +31,60 @@ class FaceJob:
     generated: np.ndarray | None = None  # (S, S, 3) uint8 RGB, None if synthesis failed
     error: str | None = None
     reused: bool = False  # generated is this track's crop from an earlier frame (see Synthesizer)
+    generator: str | None = None  # the generator chosen for this face (EmotionRouter); None: the default one
+    emotion: tuple | None = None  # (classifier, its probabilities for the real face) when the router read it
+
+
+
+log = logging.getLogger(__name__)
+
+
+class EmotionRouter:
+    """Chooses each face's generator by its emotion, read by the metadata stage's classifier on the real face.
+
+    One generator of this size does not render every expression equally well: the one trained on the
+    photos (mostly happy and neutral faces) renders those best, the one fine-tuned on FER2013's angry,
+    fearful, sad and surprised faces those (campaign step 6 in models/MODEL_CARD.md). The choice
+    depends only on the emotion, which the agent publishes anyway, so it adds no identity channel.
+    In streams a tracked face's scores are smoothed, so that its synthetic face does not switch
+    between the generators on every flicker of the label.
+    """
+
+    def __init__(self, classifier: EmotionClassifier, routes: dict[str, str], default: str | None = None,
+                 stream_weight: float = 0.3):
+        """``routes``: emotion -> generator name; emotions not in it go to ``default`` (None: the
+        synthesizer's default generator)."""
+        unknown = set(routes) - set(EMOTIONS)
+        if unknown:
+            raise ValueError(f"no such emotion(s) {sorted(unknown)}; choose from {EMOTIONS}")
+        self.classifier = classifier
+        self.routes = {e: routes.get(e, default) for e in EMOTIONS}
+        self.smoother = TrackSmoother(stream_weight)
+
+    def assign(self, rgb8: np.ndarray, jobs: list[FaceJob]) -> None:
+        """Set ``job.generator`` for each job; a face whose emotion cannot be read is drawn as a neutral one."""
+        crops, readable = [], []
+        for j in jobs:
+            try:
+                crops.append(grey_crop(rgb8, j.face.landmarks))
+                readable.append(j)
+            except ValueError:  # degenerate landmarks: no crop to classify
+                j.generator = self.routes["neutral"]
+        scores = self.classifier.probabilities(np.stack(crops)) if crops else np.zeros((0, len(EMOTIONS)))
+        for j, s, name in zip(readable, scores, self.choose(scores, [j.face.track_id for j in readable])):
+            j.generator, j.emotion = name, (self.classifier, s)
+
+    def choose(self, scores: np.ndarray, track_ids: list[int | None]) -> list[str | None]:
+        """(N, 7) emotion probabilities of one frame's faces -> each face's generator (None: the default).
+
+        Call once per frame: tracks not seen for a while are forgotten."""
+        self.smoother.step()
+        out = []
+        for s, tid in zip(np.asarray(scores, np.float64), track_ids):
+            if tid is not None:
+                s, _ = self.smoother.update(tid, s, None)
+            out.append(self.routes[EMOTIONS[int(np.argmax(s))]])
+        return out
 
 
 class Synthesizer:
@@ -43,8 +100,12 @@ class Synthesizer:
 
     def __init__(self, backend: InferenceBackend, size: int = CROP_SIZE, style: str = "contours", max_batch: int = 8,
                  shape: ShapeNormalizer | None = None, regenerate_every: int = 1, identity_variation: float = 0.0,
-                 seed: int | None = None):
+                 seed: int | None = None, generators: dict[str, InferenceBackend] | None = None,
+                 router: EmotionRouter | None = None):
         self.backend = backend
+        self.generators = dict(generators or {})  # name -> backend, for the names the router assigns
+        self.router = router
+        self.routing_ms = 0.0  # time the router took in the last run()
         self.shape = shape
         self.identity_variation = identity_variation if shape is not None and shape.identity_dims else 0.0
         self._rng = np.random.default_rng(seed)
@@ -54,7 +115,7 @@ class Synthesizer:
         self.max_batch = max_batch
         self.regenerate_every = regenerate_every
         self._frame = 0
-        self._crops: dict[int, tuple[np.ndarray, int]] = {}  # track id -> (generated crop, frame it was made)
+        self._crops: dict[int, tuple[np.ndarray, int, str | None]] = {}  # track id -> (crop, frame made, generator)
 
     def prepare(self, face: Face) -> FaceJob:
         m = alignment_matrix(face.landmarks, self.size)
@@ -79,12 +140,15 @@ class Synthesizer:
             self._identities[track_id] = drawn
         return drawn
 
-    def run(self, jobs: list[FaceJob]) -> list[FaceJob]:
+    def run(self, jobs: list[FaceJob], rgb8: np.ndarray | None = None) -> list[FaceJob]:
         """Fill ``job.generated`` for each job; a batch that fails marks its jobs with ``error``.
 
-        One call is one frame: tracked faces may get their crop from an earlier call."""
+        One call is one frame: tracked faces may get their crop from an earlier call. ``rgb8`` (the
+        frame, 8-bit RGB) lets the router read the emotion of the faces generated now; only those,
+        since a reused crop keeps the generator it was made with."""
         self._frame += 1
         fresh = self._select(jobs)
+        self._route(fresh, rgb8)
         self._generate(fresh)
         crops = {}
         for j in jobs:
@@ -92,7 +156,7 @@ class Synthesizer:
             if tid is None:
                 continue
             if j.generated is not None and not j.reused:
-                crops[tid] = (j.generated, self._frame)
+                crops[tid] = (j.generated, self._frame, j.generator)
             elif j.reused:
                 crops[tid] = self._crops[tid]
         self._crops = crops  # tracks not in this frame are forgotten
@@ -119,16 +183,39 @@ class Synthesizer:
         while len(due) < share and spare:
             due.append(spare.pop(0)[2])
         for _, tid, j in spare:
-            j.generated, j.reused = self._crops[tid][0], True
+            j.generated, _, j.generator = self._crops[tid]
+            j.reused = True
         return due
 
+    def _route(self, jobs: list[FaceJob], rgb8: np.ndarray | None):
+        t0 = time.perf_counter()
+        if self.router is not None and rgb8 is not None and jobs:
+            try:
+                self.router.assign(rgb8, jobs)
+            except Exception as exc:  # the faces are still anonymized: only the choice of generator is lost
+                log.warning("emotion routing failed (%s); drawing this frame's faces as neutral ones", exc)
+                for j in jobs:
+                    j.generator, j.emotion = self.router.routes["neutral"], None
+        self.routing_ms = (time.perf_counter() - t0) * 1e3
+
+    def backends(self) -> list[InferenceBackend]:
+        """Every generator this synthesizer may call (the default one first)."""
+        return [self.backend] + [b for b in self.generators.values() if b is not self.backend]
+
     def _generate(self, jobs: list[FaceJob]):
+        groups: dict[str | None, list[FaceJob]] = {}
+        for j in jobs:
+            groups.setdefault(j.generator if j.generator in self.generators else None, []).append(j)
+        for name, group in groups.items():
+            self._generate_with(self.generators[name] if name is not None else self.backend, group)
+
+    def _generate_with(self, backend: InferenceBackend, jobs: list[FaceJob]):
         for start in range(0, len(jobs), self.max_batch):
             chunk = jobs[start:start + self.max_batch]
             try:
                 for j in chunk:
                     j.conditioning = self.condition(j)
-                out = self.backend.infer(to_network_input(np.stack([j.conditioning for j in chunk])))
+                out = backend.infer(to_network_input(np.stack([j.conditioning for j in chunk])))
                 if out.shape != (len(chunk), 3, self.size, self.size) or not np.isfinite(out).all():
                     raise ValueError(f"generator returned {out.shape} with non-finite values" if out.ndim == 4 else f"bad output shape {out.shape}")
                 for j, img in zip(chunk, from_network_output(out)):

@@ -177,7 +177,8 @@ def test_region_baselines_change_only_the_face(astronaut):
 def test_anoncam_expression_options(astronaut):
     """The run's expression settings reach the generator: pooled by default, random in the diagnostic."""
     base = dict(backend="onnxruntime", threads=1, generator="generator.int8", models_dir=None, identity_normalization=1.0,
-                feather=0.06, surround=0.0, identity_variation=0.0, seed=0, tone_match="luminance")
+                feather=0.06, surround=0.0, identity_variation=0.0, seed=0, tone_match="luminance",
+                single_generator=False)
     drawn = {}
     for name, extra in {"own": dict(expression_neighbours=0, random_expression=False),
                         "pooled": dict(expression_neighbours=4, random_expression=False),

@@ -14,9 +14,9 @@ import skimage.data
 from agent.backends import create_backend
 from agent.bench import SCENE_BY_NAME, background, load_head, render_frame
 from agent.config import ExpressionConfig
-from agent.expression import ExpressionAnalyzer
+from agent.expression import EMOTIONS, EmotionClassifier, ExpressionAnalyzer
 from agent.faces import FaceAnalyzer, reader
-from agent.synthesis import Synthesizer
+from agent.synthesis import EmotionRouter, Synthesizer
 
 SCENE = SCENE_BY_NAME["1280x720_4faces"]  # the smallest face is too small for the landmarker's own detector
 
@@ -163,3 +163,26 @@ def test_carried_over_faces_keep_their_emotion_scores_without_reclassifying(gene
             scores[j.face.track_id] = item["anonymized_emotion"]
     # 4 originals, plus the synthetic faces made on that frame (4, then 2, then 2), each twice (flip TTA).
     assert sizes == [16, 12, 12]
+
+
+def test_streams_route_only_the_faces_generated_now(astronaut_face):
+    """A reused crop keeps the generator it was made with, so the classifier reads only the faces due."""
+    names = ("generator-calm.int8", "generator-expressive.int8")
+    backends = {n: CountingBackend(create_backend("onnxruntime", n)) for n in names}
+    classifier = EmotionClassifier(ExpressionConfig(backend="onnxruntime"))
+    counted = CountingBackend(classifier.backend)
+    classifier.backend = counted
+    router = EmotionRouter(classifier, {e: names[e != "happy"] for e in EMOTIONS})
+    synth = Synthesizer(None, regenerate_every=2, router=router, generators=backends)
+    rgb = skimage.data.astronaut()
+    made_by = {}
+    for frame in range(3):
+        jobs = synth.run([synth.prepare(f) for f in _faces(astronaut_face)], rgb)
+        for j in jobs:
+            assert j.generated is not None and j.generator in names
+            if j.reused:  # carried over with the generator that made it
+                assert made_by[j.face.track_id] == j.generator
+            made_by[j.face.track_id] = j.generator
+    # flip TTA doubles each classifier batch: 4 faces, then the 2 due on each later frame.
+    assert counted.batches == [8, 4, 4]
+    assert sum(sum(b.batches) for b in backends.values()) == 8

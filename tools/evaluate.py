@@ -244,7 +244,8 @@ class AnoncamMethod:
                                models_dir=args.models_dir, identity_normalization=args.identity_normalization, feather=args.feather,
                                surround=args.surround, identity_variation=args.identity_variation, seed=args.seed,
                                expression_neighbours=args.expression_neighbours,
-                               tone_match=args.tone_match)
+                               tone_match=args.tone_match,
+                               **({"generator_by_emotion": {}} if args.single_generator else {}))
         self.anonymizer = Anonymizer(cfg, mode="image")
         if args.random_expression:
             # Diagnostic: each face drawn with a random stored expression of other people, its own pose
@@ -254,7 +255,9 @@ class AnoncamMethod:
             shape = self.anonymizer.synthesizer.shape
             shape.bank, shape.expression_neighbours = _RandomExpression(ExpressionBank(args.models_dir), args.seed), 1
         self.settings = {"backend": args.backend, "backend_class": type(self.anonymizer.backend).__name__,
-                         "generator": args.generator, "generator_sha256": _generator_sha(args),
+                         "generator": args.generator, "generator_sha256": _generator_sha(args, args.generator),
+                         "generator_by_emotion": {e: f"{g} ({_generator_sha(args, g)})"
+                                                  for e, g in cfg.generator_by_emotion.items()},
                          "identity_normalization": args.identity_normalization,
                          "identity_variation": cfg.identity_variation,
                          "expression_neighbours": cfg.expression_neighbours,
@@ -352,12 +355,12 @@ class RegionMethod:
         self.analyzer.close()
 
 
-def _generator_sha(args) -> str | None:
+def _generator_sha(args, name: str) -> str | None:
     from agent.models import models_dir
 
     folder = Path(args.models_dir) if args.models_dir else models_dir()
     for ext in (".onnx", ".xml"):
-        p = folder / f"{args.generator}{ext}"
+        p = folder / f"{name}{ext}"
         if p.is_file():
             return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
     return None
@@ -776,7 +779,10 @@ def main(argv=None):
     ap.add_argument("--method", choices=METHODS, help="what to evaluate")
     ap.add_argument("--out", type=Path, help="report folder, e.g. reports/anoncam (overwritten on rerun)")
     ap.add_argument("--backend", default="auto", choices=("auto", "openvino", "onnxruntime"), help="anoncam inference backend")
-    ap.add_argument("--generator", default="generator.int8", help="anoncam generator base name in the models folder")
+    ap.add_argument("--generator", default="generator.int8", help="anoncam generator base name in the models folder "
+                    "(with emotion routing, the one for faces whose emotion cannot be read)")
+    ap.add_argument("--single-generator", action="store_true",
+                    help="anoncam: draw every face with --generator (generator_by_emotion: {}), as before campaign step 6")
     ap.add_argument("--models-dir", type=Path, default=None, help="models folder (default: the checkout's models/)")
     ap.add_argument("--identity-normalization", type=float, default=AnonymizerConfig().identity_normalization,
                     help="anoncam: 1 = average face shape with the person's expression, 0 = their own landmarks")
