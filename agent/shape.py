@@ -94,6 +94,7 @@ class ExpressionBank:
                 or self.match_axes.shape[0] != len(BLENDSHAPES) or self.match_mean.shape != (len(BLENDSHAPES),)):
             raise ModelError(f"{path} was fitted for other blendshapes; rerun python -m tools.fit_expression_bank")
         self.keys = self.match_key(self.centroids)
+        self._keys_sq = (self.keys * self.keys).sum(1)  # for distances as |k|^2 - 2 k.q + |q|^2: a third of the time
 
     def match_key(self, blendshapes: np.ndarray) -> np.ndarray:
         """(..., 52) -> (..., axes): where an expression lies along the matching axes (emotion, gaze)."""
@@ -106,11 +107,13 @@ class ExpressionBank:
         face's expression changes in a stream instead of jumping when the neighbour set changes.
         """
         k = max(1, min(neighbours, len(self.centroids) - 1))
-        d = np.linalg.norm(self.keys - self.match_key(blendshapes), axis=1)
-        idx = np.argpartition(d, k)[:k + 1]
-        idx = idx[np.argsort(d[idx])]
-        edge = d[idx[k]]
-        w = 1.0 - d[idx[:k]] / edge if edge > 0 else np.ones(k)
+        q = self.match_key(blendshapes)
+        d2 = self._keys_sq - 2.0 * (self.keys @ q) + q @ q
+        idx = np.argpartition(d2, k)[:k + 1]
+        idx = idx[np.argsort(d2[idx])]
+        d = np.linalg.norm(self.keys[idx] - q, axis=1)  # exact distances of the few that are used
+        edge = d[k]
+        w = 1.0 - d[:k] / edge if edge > 0 else np.ones(k)
         if w.sum() <= 1e-9:  # k + 1 equidistant expressions
             w = np.ones(k)
         return w @ self.centroids[idx[:k]] / w.sum()
