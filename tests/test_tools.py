@@ -222,3 +222,19 @@ def test_match_axes_ignore_constant_blendshapes_and_keep_gaze():
     assert np.abs(emotion[smile]).max() == np.abs(emotion).max(), "the smile is what tells this emotion apart"
     gaze = axes[:, 6:]
     assert np.allclose(gaze[GAZE, np.arange(len(GAZE))] * spread[GAZE], 1.0) and np.count_nonzero(gaze) == len(GAZE)
+
+
+def test_plot_campaign_draws_the_committed_reports(tmp_path, capsys):
+    """The model card's campaign pictures come from the committed evaluation reports alone."""
+    from tools import plot_campaign
+
+    frontier, confusion = tmp_path / "frontier.png", tmp_path / "confusion.png"
+    assert plot_campaign.main(["--out", str(frontier), "--confusion-out", str(confusion)]) == 0
+    assert "left out" not in capsys.readouterr().err, "a run the picture names has no report"
+    for png in (frontier, confusion):
+        img = cv2.imread(str(png))
+        assert img is not None and img.shape[0] > 400 and img.std() > 10
+    points, missing = plot_campaign.frontier_points()
+    assert not missing and any(kind == "shipped" for *_, kind in points)
+    counts = plot_campaign.confusion()
+    assert counts.shape == (7, 7) and counts.sum() > 800
