@@ -121,7 +121,8 @@ def main(argv=None):
         from agent.config import AnonymizerConfig
         from agent.pipeline import Anonymizer
 
-        anonymizer = Anonymizer(AnonymizerConfig(backend="openvino", threads=1), mode="image")
+        acfg = AnonymizerConfig(backend="openvino", threads=1)
+        anonymizer = Anonymizer(acfg, mode="image")
         check = ExpressionAnalyzer(ExpressionConfig(backend="openvino", threads=1))
         per_label = defaultdict(lambda: [0, 0])
         items = _sample(CELEBA_ZIP, args.anonymized, lambda n: is_heldout_identity(n.split("/")[0]), seed=3)
@@ -135,7 +136,9 @@ def main(argv=None):
                     per_label[f["emotion"]["label"]][1] += 1
         anonymizer.close()
         report["expression_kept_celeba_heldout"] = {
-            **check.agreement, "generator": "models/generator.int8 (OpenVINO)",
+            **check.agreement,
+            "generator": (f"chosen by emotion: {dict(sorted(acfg.generator_by_emotion.items()))} (OpenVINO)"
+                          if acfg.generator_by_emotion else f"models/{acfg.generator} (OpenVINO)"),
             "by_original_label": {k: {"kept": v[0], "of": v[1]} for k, v in sorted(per_label.items())},
         }
         print("expression_kept", json.dumps(report["expression_kept_celeba_heldout"]))
