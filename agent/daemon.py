@@ -261,10 +261,9 @@ class Agent:
         for backend in self.anonymizer.synthesizer.backends():
             for batch in (1, 2):
                 backend.infer(np.zeros((batch, 3, size, size), np.float32))
-        if self.anonymizer.router is not None:
-            self.anonymizer.router.classifier.probabilities(np.zeros((2, 48, 48), np.uint8))
-        if self.expression is not None:
-            self.expression.classifier.probabilities(np.zeros((2, 48, 48), np.uint8))
+        classifiers = [c.classifier for c in (self.anonymizer.router, self.expression) if c is not None]
+        for clf in {id(c): c for c in classifiers}.values():  # once each: the two stages may share one
+            clf.probabilities(np.zeros((2, 48, 48), np.uint8))
 
     def _shutdown(self):
         if self.capture is not None:

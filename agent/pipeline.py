@@ -58,7 +58,7 @@ class Anonymizer:
         # Faces whose emotion cannot be read are drawn as neutral ones; `generator` is loaded only if
         # some emotion has no generator of its own (or routing is off).
         default = routes.get("neutral", cfg.generator)
-        names = set(routes.values()) | ({cfg.generator} if set(EMOTIONS) - set(routes) else set()) | {default}
+        names = set(routes.values()) | ({cfg.generator} if set(EMOTIONS) - set(routes) else set())
         generators = {n: create_backend(cfg.backend, n, cfg.models_dir, cfg.device, cfg.threads) for n in sorted(names)}
         self.backend = generators[default]
         router = None

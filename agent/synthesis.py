@@ -35,7 +35,6 @@ class FaceJob:
     emotion: tuple | None = None  # (classifier, its probabilities for the real face) when the router read it
 
 
-
 log = logging.getLogger(__name__)
 
 

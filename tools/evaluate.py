@@ -780,7 +780,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, help="report folder, e.g. reports/anoncam (overwritten on rerun)")
     ap.add_argument("--backend", default="auto", choices=("auto", "openvino", "onnxruntime"), help="anoncam inference backend")
     ap.add_argument("--generator", default="generator.int8", help="anoncam generator base name in the models folder "
-                    "(with emotion routing, the one for faces whose emotion cannot be read)")
+                    "(with emotion routing, the one for emotions the routes leave out)")
     ap.add_argument("--single-generator", action="store_true",
                     help="anoncam: draw every face with --generator (generator_by_emotion: {}), as before campaign step 6")
     ap.add_argument("--models-dir", type=Path, default=None, help="models folder (default: the checkout's models/)")
