@@ -17,6 +17,7 @@ from agent.config import AnonymizerConfig
 from agent.errors import ModelError
 from agent.models import models_dir
 from agent.pipeline import Anonymizer
+from agent.render import render_conditioning, to_network_input
 from agent.topology import FACE_OVAL_POLYGON
 
 BACKENDS = ("onnxruntime", "openvino")
@@ -145,11 +146,17 @@ def test_backends_agree(astronaut):
 
 
 def test_backend_raw_outputs_agree():
-    x = np.zeros((2, 3, 128, 128), np.float32) - 1
-    cv2.circle(x[0, 0], (64, 64), 30, 1.0, 2)
+    # A face's conditioning (the average shape), as the generator sees at run time.
+    from agent.shape import ShapeNormalizer, features
+
+    landmarks = ShapeNormalizer(1.0).average_landmarks(features({}, np.eye(4))[None])[0]
+    x = to_network_input(np.stack([render_conditioning(landmarks, 128), np.zeros((128, 128, 3), np.uint8)]))
     ys = [create_backend(kind, "generator.int8").infer(x) for kind in BACKENDS]
     assert ys[0].shape == ys[1].shape == (2, 3, 128, 128)
-    assert np.abs(ys[0] - ys[1]).mean() < 0.05
+    # Each INT8 model is 29-33 dB from the FP32 one (reports/generator_export.json), so the two are
+    # about 26 dB apart; a wrong layout or scale in either backend lands far below 20 dB.
+    psnr = 10 * np.log10(4.0 / np.mean((ys[0] - ys[1]) ** 2))
+    assert psnr > 20, psnr
 
 
 def test_anonymized_frame_cannot_be_forged():
