@@ -14,7 +14,7 @@ MODELS = ROOT / "models"
 
 def update_sums(folder: Path, names: list[str]) -> None:
     """Record the sha256 of ``names`` in ``folder``/SHA256SUMS (which agent.models checks at load)."""
-    from agent.models import sha256_file
+    from agent.models import _sums, sha256_file
 
     sums_path = folder / "SHA256SUMS"
     lines = {}
@@ -25,3 +25,4 @@ def update_sums(folder: Path, names: list[str]) -> None:
     for name in names:
         lines[name] = sha256_file(folder / name)
     sums_path.write_text("".join(f"{d}  {n}\n" for n, d in sorted(lines.items())))
+    _sums.cache_clear()  # the agent reads a folder's sums once per process: this one may load what it wrote
