@@ -41,8 +41,13 @@ class AnonymizerConfig(Section):
         description="draw each face with the generator named for its emotion (the emotion classifier on the real "
         "face; a face it cannot read is drawn as a neutral one); {} = `generator` for every face",
     )
-    emotion_classifier: str = Field("emotion.int8", description="with generator_by_emotion: the classifier model "
-                                    "base name (the metadata stage's)")
+    emotion_classifier: str = Field("emotion.int8", description="with generator_by_emotion or expression_texture: "
+                                    "the classifier model base name (the metadata stage's)")
+    expression_texture: float = Field(
+        1.0, ge=0, le=3,
+        description="add the shading of the emotion each face is drawn as (furrowed brows, raised cheeks: "
+        "models/expression_texture.npz) to its synthetic face, this many times the fitted strength; 0 = off",
+    )
     max_faces: int = Field(8, ge=1, le=64)
     min_detection_confidence: float = Field(0.5, gt=0, lt=1)
     full_range: bool = Field(

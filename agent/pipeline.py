@@ -24,6 +24,7 @@ from .faces import Face, FaceAnalyzer
 from .images import to_rgb8
 from .shape import ShapeNormalizer
 from .synthesis import EmotionRouter, FaceJob, Synthesizer
+from .texture import ExpressionTexture
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +62,22 @@ class Anonymizer:
         names = set(routes.values()) | ({cfg.generator} if set(EMOTIONS) - set(routes) else set())
         generators = {n: create_backend(cfg.backend, n, cfg.models_dir, cfg.device, cfg.threads) for n in sorted(names)}
         self.backend = generators[default]
-        router = None
-        if routes:
+        router = texture = None
+        if routes or cfg.expression_texture > 0:
+            # The texture needs the emotion as much as the routes do: without routes the router
+            # only reads it, and every face goes to `generator`.
             classifier = emotion_classifier or EmotionClassifier(ExpressionConfig(
                 backend=cfg.backend, device=cfg.device, threads=cfg.threads, classifier=cfg.emotion_classifier,
                 models_dir=cfg.models_dir))
             router = EmotionRouter(classifier, routes, default=cfg.generator)
+        if cfg.expression_texture > 0:
+            texture = ExpressionTexture(cfg.models_dir)
         shape = (ShapeNormalizer(cfg.identity_normalization, cfg.models_dir, cfg.expression_neighbours)
                  if cfg.identity_normalization > 0 else None)
         self.synthesizer = Synthesizer(self.backend, shape=shape, regenerate_every=cfg.regenerate_every,
                                        identity_variation=cfg.identity_variation, seed=cfg.seed,
-                                       generators=generators if routes else {}, router=router)
+                                       generators=generators if routes else {}, router=router,
+                                       texture=texture, texture_strength=cfg.expression_texture)
 
     def analyze(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> list[Face]:
         """All faces with landmarks in ``rgb`` (any bit depth), in full-resolution pixel coordinates."""

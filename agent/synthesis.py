@@ -17,6 +17,7 @@ from .expression import EMOTIONS, EmotionClassifier, TrackSmoother, grey_crop
 from .faces import Face
 from .render import from_network_output, render_conditioning, to_network_input
 from .shape import ShapeNormalizer
+from .texture import ExpressionTexture
 
 
 @dataclass
@@ -33,9 +34,11 @@ class FaceJob:
     reused: bool = False  # generated is this track's crop from an earlier frame (see Synthesizer)
     generator: str | None = None  # the generator chosen for this face (EmotionRouter); None: the default one
     emotion: tuple | None = None  # (classifier, its probabilities for the real face) when the router read it
+    drawn_emotion: np.ndarray | None = None  # (7,) the emotion scores the face is drawn with (smoothed per track)
 
 
 log = logging.getLogger(__name__)
+NEUTRAL = np.eye(len(EMOTIONS))[EMOTIONS.index("neutral")]
 
 
 class EmotionRouter:
@@ -68,22 +71,33 @@ class EmotionRouter:
                 crops.append(grey_crop(rgb8, j.face.landmarks))
                 readable.append(j)
             except ValueError:  # degenerate landmarks: no crop to classify
-                j.generator = self.routes["neutral"]
+                self.unread(j)
         scores = self.classifier.probabilities(np.stack(crops)) if crops else np.zeros((0, len(EMOTIONS)))
-        for j, s, name in zip(readable, scores, self.choose(scores, [j.face.track_id for j in readable])):
-            j.generator, j.emotion = name, (self.classifier, s)
+        for j, s, drawn in zip(readable, scores, self.read(scores, [j.face.track_id for j in readable])):
+            j.generator, j.emotion, j.drawn_emotion = self.route(drawn), (self.classifier, s), drawn
+
+    def unread(self, job: FaceJob) -> None:
+        """A face whose emotion could not be read: drawn as a neutral one."""
+        job.generator, job.emotion, job.drawn_emotion = self.routes["neutral"], None, NEUTRAL.copy()
+
+    def read(self, scores: np.ndarray, track_ids: list[int | None]) -> np.ndarray:
+        """(N, 7) emotion probabilities of one frame's faces -> the scores each face is drawn with.
+
+        A tracked face's scores are averaged over its regenerations. Call once per frame: tracks not
+        seen for a while are forgotten."""
+        self.smoother.step()
+        out = np.array(scores, np.float64).reshape(-1, len(EMOTIONS))
+        for i, tid in enumerate(track_ids):
+            if tid is not None:
+                out[i], _ = self.smoother.update(tid, out[i], None)
+        return out
+
+    def route(self, scores: np.ndarray) -> str | None:
+        return self.routes[EMOTIONS[int(np.argmax(scores))]]
 
     def choose(self, scores: np.ndarray, track_ids: list[int | None]) -> list[str | None]:
-        """(N, 7) emotion probabilities of one frame's faces -> each face's generator (None: the default).
-
-        Call once per frame: tracks not seen for a while are forgotten."""
-        self.smoother.step()
-        out = []
-        for s, tid in zip(np.asarray(scores, np.float64), track_ids):
-            if tid is not None:
-                s, _ = self.smoother.update(tid, s, None)
-            out.append(self.routes[EMOTIONS[int(np.argmax(s))]])
-        return out
+        """(N, 7) emotion probabilities of one frame's faces -> each face's generator (None: the default)."""
+        return [self.route(s) for s in self.read(scores, track_ids)]
 
 
 class Synthesizer:
@@ -100,8 +114,13 @@ class Synthesizer:
     def __init__(self, backend: InferenceBackend, size: int = CROP_SIZE, style: str = "contours", max_batch: int = 8,
                  shape: ShapeNormalizer | None = None, regenerate_every: int = 1, identity_variation: float = 0.0,
                  seed: int | None = None, generators: dict[str, InferenceBackend] | None = None,
-                 router: EmotionRouter | None = None):
+                 router: EmotionRouter | None = None, texture: ExpressionTexture | None = None,
+                 texture_strength: float = 1.0):
+        """``texture``: with a router, each generated face gets the shading of the emotion it is drawn
+        as, ``texture_strength`` times the fitted gain (agent/texture.py)."""
         self.backend = backend
+        self.texture = texture if router is not None and texture_strength > 0 else None
+        self.texture_strength = texture_strength
         self.generators = dict(generators or {})  # name -> backend, for the names the router assigns
         self.router = router
         self.routing_ms = 0.0  # time the router took in the last run()
@@ -194,7 +213,7 @@ class Synthesizer:
             except Exception as exc:  # the faces are still anonymized: only the choice of generator is lost
                 log.warning("emotion routing failed (%s); drawing this frame's faces as neutral ones", exc)
                 for j in jobs:
-                    j.generator, j.emotion = self.router.routes["neutral"], None
+                    self.router.unread(j)
         self.routing_ms = (time.perf_counter() - t0) * 1e3
 
     def backends(self) -> list[InferenceBackend]:
@@ -218,6 +237,8 @@ class Synthesizer:
                 if out.shape != (len(chunk), 3, self.size, self.size) or not np.isfinite(out).all():
                     raise ValueError(f"generator returned {out.shape} with non-finite values" if out.ndim == 4 else f"bad output shape {out.shape}")
                 for j, img in zip(chunk, from_network_output(out)):
+                    if self.texture is not None and j.drawn_emotion is not None:
+                        img = self.texture.apply(img, j.drawn_emotion, self.texture_strength)
                     j.generated = img
             except Exception as exc:  # any failure here must end in masking, never in a raw face
                 for j in chunk:

@@ -178,7 +178,7 @@ def test_anoncam_expression_options(astronaut):
     """The run's expression settings reach the generator: pooled by default, random in the diagnostic."""
     base = dict(backend="onnxruntime", threads=1, generator="generator.int8", models_dir=None, identity_normalization=1.0,
                 feather=0.06, surround=0.0, identity_variation=0.0, seed=0, tone_match="luminance",
-                single_generator=False)
+                single_generator=False, expression_texture=1.0)
     drawn = {}
     for name, extra in {"own": dict(expression_neighbours=0, random_expression=False),
                         "pooled": dict(expression_neighbours=4, random_expression=False),
@@ -192,6 +192,15 @@ def test_anoncam_expression_options(astronaut):
     assert np.array_equal(*drawn["pooled"]) and np.array_equal(*drawn["own"])
     assert not np.array_equal(drawn["own"][0], drawn["pooled"][0])
     assert not np.array_equal(*drawn["random"]), "a new random expression for every face"
+    # --expression-texture 0 reproduces the runs before step 7: no texture on the generated face.
+    for strength in (0.0, 1.0):
+        method = ev.AnoncamMethod(Namespace(**{**base, "expression_texture": strength}, expression_neighbours=4,
+                                            random_expression=False))
+        try:
+            assert method.settings["expression_texture"] == strength
+            assert (method.anonymizer.synthesizer.texture is None) == (strength == 0)
+        finally:
+            method.close()
 
 
 def test_random_expression_needs_the_drawn_expression(tmp_path, capsys):

@@ -244,7 +244,7 @@ class AnoncamMethod:
                                models_dir=args.models_dir, identity_normalization=args.identity_normalization, feather=args.feather,
                                surround=args.surround, identity_variation=args.identity_variation, seed=args.seed,
                                expression_neighbours=args.expression_neighbours,
-                               tone_match=args.tone_match,
+                               tone_match=args.tone_match, expression_texture=args.expression_texture,
                                **({"generator_by_emotion": {}} if args.single_generator else {}))
         self.anonymizer = Anonymizer(cfg, mode="image")
         if args.random_expression:
@@ -262,7 +262,8 @@ class AnoncamMethod:
                          "identity_variation": cfg.identity_variation,
                          "expression_neighbours": cfg.expression_neighbours,
                          "random_expression": bool(args.random_expression),
-                         "feather": cfg.feather, "surround": cfg.surround, "tone_match": cfg.tone_match}
+                         "feather": cfg.feather, "surround": cfg.surround, "tone_match": cfg.tone_match,
+                         "expression_texture": cfg.expression_texture}
 
     def __call__(self, rgb: np.ndarray) -> Output:
         from agent.pipeline import AnalysisFailed
@@ -794,6 +795,8 @@ def main(argv=None):
                     help="anoncam: draw the mean of this many nearest bank expressions (0 = the person's own blendshapes)")
     ap.add_argument("--random-expression", action="store_true",
                     help="anoncam diagnostic: draw every face with a random bank expression (its own pose kept)")
+    ap.add_argument("--expression-texture", type=float, default=AnonymizerConfig().expression_texture,
+                    help="anoncam: strength of the emotion's shading added to the synthetic face (0 = off, as before step 7)")
     ap.add_argument("--tone-match", default=AnonymizerConfig().tone_match, choices=("none", "luminance"),
                     help="anoncam: match the synthetic face's brightness to the original's")
     ap.add_argument("--surround", type=float, default=AnonymizerConfig().surround,

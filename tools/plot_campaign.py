@@ -3,11 +3,13 @@
     python -m tools.plot_campaign     # -> reports/campaign/frontier.png, reports/campaign/expression_confusion.png
 
 Left: rank-1 identification (dlib, 40 held-out identities) against expression agreement (independent
-FER judge) for every evaluated step and baseline, with the issue's target region. Right: how much
+FER judge) for every evaluated step and baseline, with the issue's target region. Middle: how much
 expression the independent judge still reads from the *real* face blurred by a growing Gaussian (the
 blur baseline at several sigmas), against the levels the generator reaches: the fidelity a rendered face
 would need to meet the agreement target. Both read the metrics.json files of tools.evaluate; a run
-that is missing is left out and named.
+that is missing is left out and named. Right: step 7's expression texture, agreement against its gain
+(reports/expression_texture.json), with the bound a texture that follows the agent's reading of the
+emotion cannot pass: how often that reading matches the judge's on the real face.
 
 The second picture is where the shipped generator's expressions go: for each label the judge gives an
 original FER face, the labels it gives the anonymized face (from the run's items.csv).
@@ -36,19 +38,21 @@ FRONTIER_RUNS = (
     ("campaign/step4c-select4", "4c", "bank, emotion + gaze, 4 neighbours", "step"),
     ("campaign/step6-gen1-bank", "6-calm", "4c with the step-1 generator alone", "step"),
     ("campaign/step6-gen3b-bank", "6-expr", "4c with the step-3b generator alone", "step"),
-    ("campaign/step6-routed", "6", "generator chosen by emotion: shipped, OpenVINO", "shipped"),
-    ("campaign/step6-routed-onnxruntime", "6-ort", "shipped, ONNX Runtime", "shipped"),
+    ("campaign/step6-routed", "6", "generator chosen by emotion", "step"),
+    ("campaign/step7-texture", "7", "+ the emotion's texture: shipped, OpenVINO", "shipped"),
+    ("campaign/step7-texture-onnxruntime", "7-ort", "shipped, ONNX Runtime", "shipped"),
     ("campaign/diag-random-expression", "rand", "a random expression (diagnostic)", "diagnostic"),
     ("eval-blur", "blur", "Gaussian blur, sigma = face / 10", "baseline"),
     ("eval-pixelate", "pix", "pixelate, 10 blocks", "baseline"),
 )
 BLUR_RUNS = ("campaign/blur-s0.00625", "campaign/blur-s0.0125", "campaign/blur-s0.018", "campaign/blur-s0.025",
              "campaign/blur-s0.05", "eval-blur")
-GENERATOR_LEVELS = (("campaign/step6-routed", "generator, shipped (step 6)"),
-                    ("campaign/step3b-own-landmarks", "one generator, own landmarks"),
-                    ("campaign/step4c-select4", "one generator (step 4c)"))
+GENERATOR_LEVELS = (("campaign/step7-texture", "generators + texture, shipped (step 7)"),
+                    ("campaign/step6-routed", "generators chosen by emotion (step 6)"),
+                    ("campaign/step3b-own-landmarks", "one generator, own landmarks"))
+TEXTURE_REPORT = REPORTS / "expression_texture.json"
 TARGET_RANK1, TARGET_AGREEMENT, CHANCE = 5.0, 70.0, 2.5
-CONFUSION_RUN = "campaign/step6-routed"
+CONFUSION_RUN = "campaign/step7-texture"
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 
@@ -98,7 +102,7 @@ def plot(out: Path) -> list[str]:
     points, missing = frontier_points()
     curve, missing_blur = blur_curve()
     levels = [(l, _pct(m, "expression", "agreement")) for f, l in GENERATOR_LEVELS if (m := _metrics(f))]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(14, 6), dpi=110, gridspec_kw={"width_ratios": [1.35, 1]})
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(20, 6), dpi=110, gridspec_kw={"width_ratios": [1.35, 1, 1]})
 
     ax.axvspan(0, TARGET_RANK1, ymin=TARGET_AGREEMENT / 100, ymax=1, color="tab:green", alpha=0.12, label="issue 3 target")
     ax.axvline(CHANCE, color="grey", ls=":", lw=1)
@@ -125,7 +129,7 @@ def plot(out: Path) -> list[str]:
     if curve:
         xs, ys = zip(*curve)
         bx.plot(xs, ys, "s-", color="tab:grey", label="real face, Gaussian blur")
-    for (label, ag), ls in zip(levels, ("-", "--", ":")):
+    for (label, ag), ls in zip(levels, ("-", "--", ":", "-.")):
         bx.axhline(ag, color="tab:red", ls=ls, lw=1.2, label=f"{label}: {ag:.1f} %")
     bx.axhline(TARGET_AGREEMENT, color="tab:green", lw=1.2, label=f"target {TARGET_AGREEMENT:g} %")
     bx.set_xscale("log")
@@ -139,11 +143,49 @@ def plot(out: Path) -> list[str]:
     bx.legend(loc="lower left", fontsize=8)
     bx.grid(alpha=0.3)
 
+    texture_missing = [] if plot_texture_gains(cx) else [str(TEXTURE_REPORT.relative_to(REPORTS))]
+
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
-    return missing + missing_blur
+    return missing + missing_blur + texture_missing
+
+
+def texture_curve(report: dict):
+    """From tools.fit_expression_texture's report: (gains, overall agreement with that gain for every
+    emotion, {emotion: agreement per gain}, agreement with the chosen gains, ceiling)."""
+    by_gain = report["tuning_agreement_by_gain"]
+    counts = report["tuning_faces_per_emotion_drawn"]
+    gains = sorted(float(g) for g in by_gain)
+    rows = {e: [by_gain[f"{g:g}"][e] for g in gains] for e in counts}
+    total = sum(counts.values())
+    overall = [sum(counts[e] * (rows[e][i] or 0.0) for e in counts) / total for i in range(len(gains))]
+    return gains, overall, rows, report["tuning_agreement_chosen"], report["agent_reading_matches_judge_on_real_face"]
+
+
+def plot_texture_gains(cx) -> bool:
+    """Right panel: agreement against the texture's gain on the tuning faces, and what bounds it."""
+    if not TEXTURE_REPORT.is_file():
+        return False
+    report = json.loads(TEXTURE_REPORT.read_text())
+    if "agent_reading_matches_judge_on_real_face" not in report:
+        return False
+    gains, overall, rows, chosen, ceiling = texture_curve(report)
+    for e, ys in rows.items():
+        cx.plot(gains, [100 * (y or 0) for y in ys], lw=0.8, alpha=0.55, label=e)
+    cx.plot(gains, [100 * y for y in overall], "o-", color="black", lw=2, label="all faces, one gain for every emotion")
+    cx.axhline(100 * chosen, color="tab:red", lw=1.2, label=f"each emotion at its own gain (shipped): {100 * chosen:.1f} %")
+    cx.axhline(100 * ceiling, color="tab:purple", ls="--", lw=1.2,
+               label=f"agent's emotion = judge's, real face: {100 * ceiling:.1f} %")
+    cx.axhline(TARGET_AGREEMENT, color="tab:green", lw=1.2, label=f"target {TARGET_AGREEMENT:g} %")
+    cx.set_xlabel("expression texture gain (on the FER val faces the evaluation does not score)", fontsize=9)
+    cx.set_ylabel("expression agreement, %")
+    cx.set_ylim(0, 100)
+    cx.set_title("Step 7: the emotion's shading, and what bounds it")
+    cx.legend(loc="lower right", fontsize=6.5, framealpha=0.9)
+    cx.grid(alpha=0.3)
+    return True
 
 
 def confusion(folder: str = CONFUSION_RUN):
