@@ -5,12 +5,14 @@ what they do not: the furrow between lowered brows, the raised cheeks of a smile
 mouth of surprise. Those are shading, and expression judges read them (campaign step 7 in
 models/MODEL_CARD.md). ``models/expression_texture.npz`` (fitted by tools/fit_expression_texture.py)
 holds, for each of the seven emotions, the mean aligned grey face of the FER2013 training faces that
-show it most plainly, minus the mean of the seven, and a gain per emotion. A face is drawn as the
-emotion the classifier reads on the real face (smoothed per track in streams: the same emotion that
-chooses its generator), and that emotion's texture is added to the synthetic face's brightness.
+show it most plainly, minus the mean of the seven and its own mean over the face oval (brightness is
+the tone matcher's job), and a gain per emotion. A face is drawn as the emotion the classifier reads
+on the real face (smoothed per track in streams: the same emotion that chooses its generator), and
+that emotion's texture is added to the synthetic face's brightness.
 
-No pixel of the person goes in: what is added depends only on their emotion, which the agent
-publishes anyway, and each texture is an average over hundreds or thousands of other people.
+No pixel of the person goes in: what is added depends only on their emotion, which the synthetic
+face is meant to show (and the metadata publishes), and each texture is an average over hundreds or
+thousands of other people.
 """
 
 from __future__ import annotations
