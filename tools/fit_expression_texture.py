@@ -38,14 +38,17 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from agent.align import CROP_SIZE
 from agent.compose import compose
 from agent.config import AnonymizerConfig, ExpressionConfig
 from agent.expression import EMOTIONS, EmotionClassifier
+from agent.pipeline import Anonymizer
 from agent.render import RENDERED_INDICES
 from agent.shape import ShapeNormalizer, features
 from agent.texture import EXPRESSION_TEXTURE, ExpressionTexture
 from agent.topology import FACE_OVAL_POLYGON
-from tools.datasets import CACHE
+from tools.datasets import CACHE, FER_VAL_ZIP
+from tools.evaluate import ExpressionJudge, fer_items
 from tools.model_files import MODELS, ROOT, update_sums
 from tools.reports import write_report
 
@@ -74,8 +77,6 @@ def emotion_textures(crops: np.ndarray, labels: np.ndarray, oval: np.ndarray | N
 def face_oval(size: int) -> np.ndarray:
     """(size, size) float mask of the face oval the agent pastes, on the average face of the shape model."""
     shape = ShapeNormalizer(1.0)
-    from agent.align import CROP_SIZE
-
     points = shape.average_landmarks(features({}, np.eye(4))[None])[0] * (size / CROP_SIZE)
     rows = np.searchsorted(RENDERED_INDICES, FACE_OVAL_POLYGON)
     mask = np.zeros((size, size), np.float32)
@@ -114,10 +115,6 @@ def prototype_faces(crops: np.ndarray, labels: np.ndarray, threshold: float) -> 
 
 def tune_gains(textures: np.ndarray, gains: list[float], fer_limit: int, seed: int) -> dict:
     """Anonymize the FER val faces tools.evaluate does not score once, then judge them under each gain."""
-    from tools.datasets import FER_VAL_ZIP
-    from tools.evaluate import ExpressionJudge, fer_items
-    from agent.pipeline import Anonymizer
-
     scored = {name for name, _ in fer_items(fer_limit, seed)}
     names = [name for name, _ in fer_items(0, seed) if name not in scored]
     judge = ExpressionJudge()
