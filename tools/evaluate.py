@@ -497,6 +497,13 @@ def fer_items(limit: int, seed: int) -> list[tuple[str, str]]:
     return [(names[i], labels[i]) for i in stratified_sample(labels, limit, seed)]
 
 
+def fer_rgb(z: zipfile.ZipFile, name: str, upscale: int = 4) -> np.ndarray:
+    """One FER val face from the open zip as the methods get it: grey, upscaled (cubic), as RGB."""
+    grey = cv2.imdecode(np.frombuffer(z.read(name), np.uint8), cv2.IMREAD_GRAYSCALE)
+    big = cv2.resize(grey, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_CUBIC)
+    return cv2.cvtColor(big, cv2.COLOR_GRAY2RGB)
+
+
 def evaluate_expression(method, judge: ExpressionJudge, args, samples: list) -> dict:
     fer = fer_items(args.fer_limit, args.seed)
     skipped = 0
@@ -506,9 +513,7 @@ def evaluate_expression(method, judge: ExpressionJudge, args, samples: list) -> 
     seconds = 0.0
     with zipfile.ZipFile(FER_VAL_ZIP) as z:
         for name, label in tqdm(fer, desc=f"expression ({args.method})", unit="img"):
-            grey = cv2.imdecode(np.frombuffer(z.read(name), np.uint8), cv2.IMREAD_GRAYSCALE)
-            big = cv2.resize(grey, None, fx=args.fer_upscale, fy=args.fer_upscale, interpolation=cv2.INTER_CUBIC)
-            rgb = cv2.cvtColor(big, cv2.COLOR_GRAY2RGB)
+            rgb = fer_rgb(z, name, args.fer_upscale)
             original_label = judge.label(rgb)
             truth_all.append(label)
             before_all.append(original_label)

@@ -48,7 +48,7 @@ from agent.shape import ShapeNormalizer, features
 from agent.texture import EXPRESSION_TEXTURE, ExpressionTexture
 from agent.topology import FACE_OVAL_POLYGON
 from tools.datasets import CACHE, FER_VAL_ZIP
-from tools.evaluate import ExpressionJudge, fer_items
+from tools.evaluate import ExpressionJudge, fer_items, fer_rgb
 from tools.model_files import MODELS, ROOT, update_sums
 from tools.reports import write_report
 
@@ -94,14 +94,13 @@ def choose_gains(agree: np.ndarray, drawn: np.ndarray, gains: list[float]) -> tu
     agree, drawn = np.asarray(agree, bool), np.asarray(drawn)
     rates = np.full((len(gains), len(EMOTIONS)), np.nan)
     chosen = np.zeros(len(EMOTIONS))
-    order = np.argsort(gains, kind="stable")
     for e in range(len(EMOTIONS)):
         m = drawn == e
         if not m.any():
             chosen[e] = min(gains)
             continue
         rates[:, e] = agree[:, m].mean(1)
-        best = max(order, key=lambda i: (rates[i, e], -gains[i]))
+        best = max(range(len(gains)), key=lambda i: (rates[i, e], -gains[i]))
         chosen[e] = gains[best]
     return chosen, rates
 
@@ -124,8 +123,7 @@ def tune_gains(textures: np.ndarray, gains: list[float], fer_limit: int, seed: i
     try:
         with zipfile.ZipFile(FER_VAL_ZIP) as z:
             for name in tqdm(names, desc="anonymize FER val (not scored)", unit="img"):
-                grey = cv2.imdecode(np.frombuffer(z.read(name), np.uint8), cv2.IMREAD_GRAYSCALE)
-                rgb = cv2.cvtColor(cv2.resize(grey, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC), cv2.COLOR_GRAY2RGB)
+                rgb = fer_rgb(z, name)  # exactly as tools.evaluate feeds the method
                 r = anonymizer.process(rgb)
                 if r.faces and r.jobs[0].drawn_emotion is not None:  # as tools.evaluate: faces MediaPipe finds
                     cases.append((rgb, judge.label(rgb), r.jobs, r.unmeshed))
