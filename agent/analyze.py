@@ -62,9 +62,9 @@ class _Analysis:
 
     def faces_and_jobs(self, rgb: np.ndarray):
         if self.anonymizer is not None:
-            faces = self.anonymizer.analyze(rgb)
-            _, jobs, _ = self.anonymizer.anonymize(rgb, faces)
-            return faces, jobs
+            analysis = self.anonymizer.analyze_all(rgb)
+            _, jobs, _ = self.anonymizer.anonymize(rgb, analysis)
+            return analysis.faces, jobs
         rgb8 = to_rgb8(rgb)
         h, w = rgb8.shape[:2]
         scale = min(1.0, self.cfg.max_analysis_side / max(h, w))

@@ -288,10 +288,10 @@ def time_landmarker(cfg: Config, frames: Path, warmup: int) -> dict:
     from .faces import FaceAnalyzer
 
     a = cfg.anonymizer
-    # The agent's own analyzer without the full-range detector: its landmarker is built from the
-    # same options the agent uses (num_faces, confidences, blendshapes, transformation matrices).
+    # The agent's own analyzer without the face detector: its landmarker is built from the same
+    # options the agent uses (num_faces, confidences, blendshapes, transformation matrices).
     analyzer = FaceAnalyzer(max_faces=a.max_faces, mode="video", min_detection_confidence=a.min_detection_confidence,
-                            model_folder=a.models_dir, full_range=False)
+                            model_folder=a.models_dir)
     video = RawVideo(frames, cfg.capture.width, cfg.capture.height)
     times, found = [], []
     t0, last_ts, index, cpu = time.monotonic(), 0, 0, 0.0

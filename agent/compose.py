@@ -1,4 +1,4 @@
-"""Paste-back: synthetic faces into the frame, and the only place an AnonymizedFrame is made.
+"""Paste-back: synthetic faces into the frame (agent.guard decides what may leave).
 
 Each face region is the face-oval polygon from the landmarks, feathered at its edge. A face the
 generator could not produce is filled with flat grey instead (masked), never left as it was.
@@ -24,29 +24,6 @@ from .synthesis import FaceJob
 from .topology import FACE_OVAL_POLYGON
 
 MASK_GREY = 128
-_TOKEN = object()  # only this module can construct an AnonymizedFrame
-
-
-class AnonymizedFrame:
-    """A frame in which every detected face was replaced or masked.
-
-    Publishing and writing accept only this type; it can only be made by :func:`compose`, so code
-    that skips the anonymizer cannot produce something publishable.
-    """
-
-    __slots__ = ("pixels", "faces_replaced", "faces_masked", "_sealed")
-
-    def __init__(self, token, pixels: np.ndarray, faces_replaced: int, faces_masked: int):
-        if token is not _TOKEN:
-            raise TypeError("AnonymizedFrame is made only by agent.compose")
-        self.pixels = pixels
-        self.pixels.setflags(write=False)
-        self.faces_replaced = faces_replaced
-        self.faces_masked = faces_masked
-
-    @property
-    def faces(self) -> int:
-        return self.faces_replaced + self.faces_masked
 
 
 @dataclass
@@ -126,27 +103,24 @@ def blur_surround(out: np.ndarray, job: FaceJob, grow: float) -> None:
 
 
 def compose(frame: np.ndarray, jobs: list[FaceJob], feather: float = 0.06, tone_match: str = "luminance",
-            mask_boxes=(), surround: float = 0.0) -> AnonymizedFrame:
+            surround: float = 0.0) -> tuple[np.ndarray, list, int, int]:
     """Blend every job's face into a copy of ``frame`` (RGB, uint8 or uint16).
 
-    Faces are drawn far-to-near (small to large), so the nearer of two overlapping faces is on top.
-    ``mask_boxes`` are faces found without landmarks: each is covered by a grey ellipse.
-    ``surround`` > 0 blurs each face's head around its oval first (see the module docstring).
+    Returns (pixels, each job's :class:`Region` or None where it lies off the frame, faces replaced,
+    faces masked). Faces are drawn far-to-near (small to large), so the nearer of two overlapping
+    faces is on top. ``surround`` > 0 blurs each face's head around its oval first (see the module
+    docstring). A job without a generated face is filled flat grey over its oval.
     """
     out = frame.copy()
     peak = float(np.iinfo(frame.dtype).max) if frame.dtype.kind in "ui" else 255.0
     scale = peak / 255.0
     replaced = masked = 0
-    for x0, y0, x1, y1 in mask_boxes:
-        # The detector's box is tight around eyes-to-mouth; grow it to cover the whole head.
-        cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * 0.8, (y1 - y0) * 0.95
-        cv2.ellipse(out, (round(cx), round(cy - 0.1 * ry)), (max(1, round(rx)), max(1, round(ry))), 0, 0, 360,
-                    (MASK_GREY * scale,) * 3, -1)
-        masked += 1
-    for job in sorted(jobs, key=lambda j: j.face.size):
+    regions: list = [None] * len(jobs)
+    for i in sorted(range(len(jobs)), key=lambda k: jobs[k].face.size):
+        job = jobs[i]
         if surround > 0:
             blur_surround(out, job, surround)
-        region = face_region(job, frame.shape, feather)
+        region = regions[i] = face_region(job, frame.shape, feather)
         if region is None:
             continue
         bh, bw = region.alpha.shape
@@ -163,7 +137,7 @@ def compose(frame: np.ndarray, jobs: list[FaceJob], feather: float = 0.06, tone_
         else:
             view[:] = _blend_float(view, gen, region.alpha, tone_match, peak)
         replaced += 1
-    return AnonymizedFrame(_TOKEN, out, replaced, masked)
+    return out, regions, replaced, masked
 
 
 def _blend_8bit(box: np.ndarray, gen: np.ndarray, alpha: np.ndarray, tone_match: str) -> np.ndarray:
@@ -196,9 +170,3 @@ def _tone_gain(src_lum: np.ndarray, gen_lum: np.ndarray, alpha: np.ndarray) -> f
     src = float((src_lum * alpha).sum()) / weight
     dst = float((gen_lum * alpha).sum()) / weight
     return float(np.clip(src / dst, 0.5, 2.0)) if dst > 1e-3 else 1.0
-
-
-def mask_everything(frame: np.ndarray) -> AnonymizedFrame:
-    """The fail-closed stand-in for a frame that could not be analysed: nothing of it survives."""
-    peak = np.iinfo(frame.dtype).max if frame.dtype.kind in "ui" else 255
-    return AnonymizedFrame(_TOKEN, np.full_like(frame, MASK_GREY * peak // 255), 0, 0)

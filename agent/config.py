@@ -48,12 +48,15 @@ class AnonymizerConfig(Section):
         description="add the shading of the emotion each face is drawn as (furrowed brows, raised cheeks: "
         "models/expression_texture.npz) to its synthetic face, this many times the fitted strength; 0 = off",
     )
-    max_faces: int = Field(8, ge=1, le=64)
+    max_faces: int = Field(8, ge=1, le=64, description="faces synthesized per frame, largest first; the others are covered")
     min_detection_confidence: float = Field(0.5, gt=0, lt=1)
-    full_range: bool = Field(
-        True, description="also run the full-range detector, for faces too small or far for the landmarker's own"
+    detection_threshold: float = Field(
+        0.1, gt=0, lt=1, description="face detector score from which a box is a face (boxes under 20 px: 0.04); "
+        "lower finds more faces and covers more background"
     )
-    full_range_threshold: float = Field(0.5, gt=0, lt=1)
+    detect_rotated: bool = Field(True, description="also find faces upside down or on their side (the frame turned "
+                                                   "90/180/270 degrees, at a third of its size: faces from ~40 px)")
+    min_mesh_size: float = Field(40, ge=0, description="faces smaller than this (px) are covered, not synthesized")
     max_analysis_side: int = Field(1920, ge=256, description="larger frames are downscaled for analysis only")
     identity_normalization: float = Field(
         1.0, ge=0, le=1,

@@ -2,7 +2,7 @@
 
 The processing loop takes the newest frame from :class:`~agent.capture.Capture`, analyses it in
 VIDEO mode, tracks and smooths the faces (:mod:`agent.tracking`), replaces them and hands the
-:class:`~agent.compose.AnonymizedFrame` with its metadata to :class:`~agent.publish.Publisher`.
+:class:`~agent.guard.AnonymizedFrame` with its metadata to :class:`~agent.publish.Publisher`.
 
 Fail-closed: a frame is published only if analysis ran on that very frame and every face was
 replaced or masked within the time budget. Otherwise it is dropped, or replaced by a fully masked
@@ -31,10 +31,10 @@ import cv2
 import numpy as np
 
 from .capture import Capture, CaptureError, Frame
-from .compose import AnonymizedFrame, mask_everything
 from .config import Config, load_config
 from .errors import AnoncamError, ConfigError, ModelError
-from .faces import Face
+from .faces import Analysis, Face
+from .guard import mask_everything
 from .publish import Publisher
 from .service import Notifier
 from .tracking import Tracker
@@ -364,11 +364,11 @@ class Agent:
         rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)
         ts_ms = int((frame.monotonic - t0) * 1000) + 1
         try:
-            faces, unmeshed = self.anonymizer.analyze_all(rgb, ts_ms)
+            analysis = self.anonymizer.analyze_all(rgb, ts_ms)
         except Exception as exc:  # AnalysisFailed or anything else: this frame was not analysed
             log.warning("analysis failed on frame %d: %s", frame.seq, exc)
             return _Work(frame, rgb, start, time.perf_counter(), failed="analysis_error")
-        return _Work(frame, rgb, start, time.perf_counter(), faces, unmeshed)
+        return _Work(frame, rgb, start, time.perf_counter(), analysis)
 
     def _finish(self, w: _Work) -> bool:
         """Stage 2: track, replace, check, describe and queue for MQTT -- or fail closed."""
@@ -382,11 +382,12 @@ class Agent:
         if w.t_analysis - start > budget_s:
             return self._fail(rgb, frame, "over_budget")
         t_start2 = time.perf_counter()
-        faces, held = self.tracker.update(w.faces, frame.monotonic)
-        unmeshed, held_boxes = self.tracker.update_boxes(w.unmeshed, frame.monotonic)
+        faces, held = self.tracker.update(w.analysis.faces, frame.monotonic)
+        detections, held_boxes = self.tracker.update_detections(w.analysis.detections, frame.monotonic)
+        analysis = Analysis(faces, detections, w.analysis.shape)
         t_track = time.perf_counter()
         try:
-            result, jobs, timings = self.anonymizer.anonymize(rgb, faces, unmeshed)
+            result, jobs, timings = self.anonymizer.anonymize(rgb, analysis)
         except Exception as exc:
             log.warning("synthesis failed on frame %d: %s", frame.seq, exc)
             return self._fail(rgb, frame, "synthesis_error")
@@ -394,10 +395,8 @@ class Agent:
         # The budget covers the frame's whole way, including its wait between the stages.
         if t_anon - start > budget_s:
             return self._fail(rgb, frame, "over_budget")
-        if not _complete(result, jobs, unmeshed, rgb.shape):
-            return self._fail(rgb, frame, "incomplete")
         try:
-            meta = self.build_meta(frame, rgb, faces, jobs, unmeshed=unmeshed)
+            meta = self.build_meta(frame, rgb, faces, jobs, covered=result.covered)
             t_meta = time.perf_counter()
             self.publisher.publish(result, meta, frame.seq, frame.wall)
         except Exception as exc:  # metadata or JPEG encoding: nothing of this frame goes out half-made
@@ -410,7 +409,7 @@ class Agent:
             stats.faces["replaced"] += result.faces_replaced
             stats.faces["masked"] += result.faces_masked
             stats.faces["held"] += held + held_boxes
-            stats.faces["frames_with_faces"] += bool(faces) or bool(len(unmeshed))
+            stats.faces["frames_with_faces"] += bool(faces) or bool(detections)
             stats.stage("analysis", (w.t_analysis - start) * 1e3)
             stats.stage("tracking", (t_track - t_start2) * 1e3)
             for name in ("align", "routing", "synthesis", "compose"):
@@ -441,7 +440,7 @@ class Agent:
     # -- metadata -------------------------------------------------------------------------------
 
     def build_meta(self, frame: Frame, rgb: np.ndarray, faces: list[Face], jobs, status: str = "anonymized",
-                   reason: str | None = None, unmeshed=()) -> dict:
+                   reason: str | None = None, covered=()) -> dict:
         h, w = rgb.shape[:2]
         meta = {
             "schema": META_SCHEMA,
@@ -453,9 +452,10 @@ class Agent:
             "status": status,
             "faces": self.describe_faces(rgb, faces, jobs),
         }
-        if len(unmeshed):
-            # Faces found too small or blurred for landmarks: masked grey, no expression to report.
-            meta["masked_regions"] = [[round(float(v), 1) for v in b] for b in unmeshed]
+        if len(covered):
+            # Faces covered rather than synthesized (too small, turned, over max_faces, no mesh):
+            # no expression to report.
+            meta["masked_regions"] = [[round(float(v), 1) for v in b] for b in covered]
         if reason is not None:
             meta["reason"] = reason
         return meta
@@ -496,16 +496,8 @@ class _Work:
     rgb: np.ndarray
     start: float
     t_analysis: float
-    faces: list = field(default_factory=list)
-    unmeshed: list = field(default_factory=list)
+    analysis: Analysis | None = None
     failed: str | None = None
-
-
-def _complete(result: AnonymizedFrame, jobs, unmeshed, shape) -> bool:
-    """Every face that touches the frame was replaced or masked (compose skips only off-frame faces)."""
-    h, w = shape[:2]
-    on_frame = sum(1 for j in jobs if j.face.box[2] > 0 and j.face.box[3] > 0 and j.face.box[0] < w and j.face.box[1] < h)
-    return result.faces >= on_frame + len(unmeshed)
 
 
 # -- CLI ------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Face analysis: every face in a frame, with its 478 landmarks, 52 blendshapes and head pose.
+"""Face analysis: every face in a frame (agent.detector), with 478 landmarks, 52 blendshapes and head pose.
 
 Wraps MediaPipe's FaceLandmarker (Tasks API) with the bundle vendored in ``models/``. IMAGE mode
 serves stills; VIDEO mode (monotonic timestamps, tracking between frames) serves streams.
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
 
-from .detect import iou
+from .detector import Detection, FaceDetector, iou
 from .errors import ModelError
 from .models import verified_path
 from .mp_results import RawFaces, array_reader, from_public
@@ -67,25 +67,43 @@ def rotation_to_euler(r: np.ndarray) -> dict[str, float]:
     return {"yaw": yaw, "pitch": pitch, "roll": roll}
 
 
-class FaceAnalyzer:
-    """MediaPipe FaceLandmarker over RGB uint8 frames.
+@dataclass
+class Analysis:
+    """Everything analysis found in one frame, handed to the guard whole.
 
-    ``mode`` is ``"image"`` (each call independent) or ``"video"`` (tracking; pass increasing
-    timestamps to :meth:`detect`).
+    ``faces`` have a fitted mesh and go to synthesis. ``detections`` are every box the face
+    detector reported (in streams, also those held since it lost them): the guard covers each one
+    that no synthetic face covers. ``shape`` is the frame's, so an analysis cannot be applied to
+    another frame.
     """
 
-    def __init__(
-        self,
-        max_faces: int = 8,
-        mode: str = "image",
-        min_detection_confidence: float = 0.5,
-        min_presence_confidence: float = 0.5,
-        min_tracking_confidence: float = 0.5,
-        model_folder=None,
-        full_range: bool = True,
-        full_range_threshold: float = 0.5,
-        threads: int = 0,
-    ):
+    faces: list[Face]
+    detections: list[Detection]
+    shape: tuple[int, ...]
+
+    def scaled(self, factor: float, shape) -> Analysis:
+        """The same analysis in a frame ``factor`` times the size (analysis may run downscaled)."""
+        for f in self.faces:
+            f.landmarks = f.landmarks * factor
+        dets = [replace(d, box=d.box * factor, landmarks=d.landmarks * factor) for d in self.detections]
+        return Analysis(self.faces, dets, tuple(shape))
+
+
+class FaceAnalyzer:
+    """Faces in RGB uint8 frames: the face detector on every frame, and MediaPipe's mesh on each face.
+
+    ``mode`` is ``"image"`` (each call independent) or ``"video"`` (tracking; pass increasing
+    timestamps to :meth:`detect_all`). In stills every detector box is meshed on a crop of its own.
+    In streams MediaPipe's landmarker also runs over the whole frame and tracks the faces it has;
+    the detector runs beside it on another thread, and each box the landmarker does not cover is
+    meshed on its crop. Up to ``max_faces`` faces are meshed (largest first); the rest, and every
+    face smaller than ``min_mesh_size`` px or whose mesh fails, stay detections only: the guard
+    covers them. ``detector=None`` runs the landmarker alone (for aligned face crops in tools).
+    """
+
+    def __init__(self, max_faces: int = 8, mode: str = "image", min_detection_confidence: float = 0.5,
+                 min_presence_confidence: float = 0.5, min_tracking_confidence: float = 0.5,
+                 model_folder=None, detector: FaceDetector | None = None, min_mesh_size: float = 40.0):
         from mediapipe.tasks.python import vision
 
         def make(running_mode, num_faces):
@@ -107,25 +125,25 @@ class FaceAnalyzer:
                 raise ModelError(f"MediaPipe could not load {path}: {exc}") from exc
 
         path = verified_path(LANDMARKER_MODEL, model_folder)
-        running_mode = {"image": vision.RunningMode.IMAGE, "video": vision.RunningMode.VIDEO}[mode]
-        self._landmarker = make(running_mode, max_faces)
-        self._read = reader(self._landmarker)
-        self._detector = self._roi_landmarker = None
-        if full_range:
-            from .detect import FullRangeDetector
-
-            self._detector = FullRangeDetector(full_range_threshold, model_folder, threads)
-            self._roi_landmarker = make(vision.RunningMode.IMAGE, 1)
-            self._roi_read = reader(self._roi_landmarker)
         self.mode = mode
         self.max_faces = max_faces
+        self.min_mesh_size = min_mesh_size
+        self._detector = detector
+        self._landmarker = None
+        if mode == "video" or detector is None:
+            running_mode = {"image": vision.RunningMode.IMAGE, "video": vision.RunningMode.VIDEO}[mode]
+            self._landmarker = make(running_mode, max_faces)
+            self._read = reader(self._landmarker)
+        self._roi_landmarker = self._roi_read = None
+        if detector is not None:
+            self._roi_landmarker = make(vision.RunningMode.IMAGE, 1)
+            self._roi_read = reader(self._roi_landmarker)
         self._last_ts = -1
-        self._pool = self._expected = None
+        self._pool = None
         self._roi_slots: list[_RoiSlot] = []
         self._frame = 0
-        if full_range and mode == "video":
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="full-range")
-            self._expected = None  # face boxes the landmarker found on the previous frame
+        if detector is not None and mode == "video":
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="face-detector")
             self._new_roi_slot = lambda: _RoiSlot(make(vision.RunningMode.VIDEO, 1))
             self._roi_slots.append(self._new_roi_slot())  # made now, not while frames wait
 
@@ -143,64 +161,55 @@ class FaceAnalyzer:
         self.close()
 
     def detect(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> list[Face]:
-        """Faces with landmarks (see :meth:`detect_all` for faces found without them)."""
-        return self.detect_all(rgb, timestamp_ms)[0]
+        """Faces with landmarks (see :meth:`detect_all` for everything found)."""
+        return self.detect_all(rgb, timestamp_ms).faces
 
-    def detect_all(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> tuple[list[Face], list[np.ndarray]]:
-        """(faces with landmarks, boxes of faces the full-range detector found but no mesh fitted).
-
-        The unmeshed boxes are still faces: the caller must mask them.
-        """
-        import mediapipe as mp
-
+    def detect_all(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> Analysis:
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError("FaceAnalyzer.detect expects an RGB uint8 image of shape (H, W, 3)")
         rgb = np.ascontiguousarray(rgb)
-        image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
         self._frame += 1
         ts = None
         if self.mode == "video":
             ts = int(timestamp_ms) if timestamp_ms is not None else self._last_ts + 1
             ts = max(ts, self._last_ts + 1)  # MediaPipe rejects non-increasing timestamps
             self._last_ts = ts
-        speculative = None
-        if self._pool is not None and self._expected is not None:
-            # Streams: the full-range detector, and the mesh of each face the landmarker missed on
-            # the previous frame, run on their own thread while the landmarker works (MediaPipe
-            # releases the GIL). The outcome is what running them afterwards would give: a box the
-            # landmarker covers after all is skipped, and one it newly missed is meshed below.
-            speculative = self._pool.submit(self._detections, rgb, self._expected, ts)
+        if self._landmarker is None:  # stills with the detector: every face meshed on its own crop
+            detections = self._detector.detect(rgb)
+            return Analysis(self._mesh_detections(rgb, [], detections, None), detections, rgb.shape)
+        faces, detections = self._landmark_frame(rgb, ts)
+        if self._detector is None:
+            return Analysis(faces, [], rgb.shape)
+        return Analysis(self._mesh_detections(rgb, faces, detections, ts), detections, rgb.shape)
+
+    def _landmark_frame(self, rgb: np.ndarray, ts: int | None) -> tuple[list[Face], list[Detection] | None]:
+        """The whole-frame landmarker's faces, and (in streams) the detector's boxes, found side by side."""
+        import mediapipe as mp
+
+        image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
+        # MediaPipe releases the GIL: the detector runs on its own thread while the landmarker works.
+        pending = self._pool.submit(self._detector.detect, rgb) if self._pool is not None else None
         try:
             raw = self._read(image) if ts is None else self._read(image, ts)
         finally:
-            # Also on error, so the ROI landmarker never serves two frames at once.
-            detections = speculative.result() if speculative is not None else None
+            # Also on error, so the detector never serves two frames at once.
+            detections = pending.result() if pending is not None else None
         faces = _faces_from_raw(raw, rgb.shape[1], rgb.shape[0])
-        if self._detector is None:
-            return faces, []
-        if speculative is None:
-            detections = self._detections(rgb, [f.box for f in faces], ts)
-        if self._pool is not None:
-            self._expected = [f.box for f in faces]
-        unmeshed = []
-        for box, meshed in detections:
+        return faces, detections
+
+    def _mesh_detections(self, rgb, faces: list[Face], detections: list[Detection], ts) -> list[Face]:
+        """``faces`` plus a mesh for each detector box (largest first) that none of them covers,
+        up to ``max_faces`` in all. Boxes left without a mesh are the guard's to cover."""
+        faces = list(faces)
+        for det in detections:  # largest first
             if len(faces) >= self.max_faces:
                 break
-            if _covered(box, [f.box for f in faces]):
+            if det.size < self.min_mesh_size or any(_agrees(f, det) for f in faces):
                 continue
-            if meshed is _NOT_TRIED:  # the landmarker lost a face it had on the previous frame
-                meshed = self._mesh_in_roi(rgb, box, ts)
-            if meshed is None:
-                unmeshed.append(np.asarray(box, np.float32))
-            else:
+            meshed = self._mesh_in_roi(rgb, det, ts)
+            if meshed is not None and _agrees(meshed, det):
                 faces.append(meshed)
-        return faces, unmeshed
-
-    def _detections(self, rgb: np.ndarray, expected: list, ts: int | None) -> list:
-        """Full-range detector boxes, best first, each with its ROI mesh (a Face, or None if none
-        fitted), or with ``_NOT_TRIED`` where its centre lies in one of the ``expected`` boxes."""
-        return [(box, _NOT_TRIED if _covered(box, expected) else self._mesh_in_roi(rgb, box, ts))
-                for box, _score in self._detector.detect(rgb)]
+        return faces
 
     def _roi_slot(self, box) -> _RoiSlot | None:
         """The slot that had this face on the last frame; else one idle since before it; else a new
@@ -222,33 +231,60 @@ class FaceAnalyzer:
         slot.box, slot.frame = box, self._frame
         return slot
 
-    def _mesh_in_roi(self, rgb: np.ndarray, box, ts: int | None = None) -> Face | None:
-        """Fit the mesh on a crop around a detector box, magnified so the short-range model sees it."""
+    def _mesh_in_roi(self, rgb: np.ndarray, det: Detection, ts: int | None = None) -> Face | None:
+        """Fit the mesh on a crop around a detector box, magnified so the short-range model sees it,
+        and turned so the face stands upright in it."""
         import mediapipe as mp
 
+        box = det.box
         side = max(box[2] - box[0], box[3] - box[1]) * ROI_MARGIN
         if side < 4:
             return None
         s = ROI_SIZE / side
-        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-        m = np.array([[s, 0, ROI_SIZE / 2 - s * cx], [0, s, ROI_SIZE / 2 - s * cy]], np.float32)
-        crop = cv2.warpAffine(rgb, m, (ROI_SIZE, ROI_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        rot = _upright_rotation(det.up)
+        turned = bool(rot[0, 1])
+        m = np.zeros((2, 3), np.float64)
+        m[:, :2] = s * rot
+        m[:, 2] = ROI_SIZE / 2 - m[:, :2] @ det.centre.astype(np.float64)
+        crop = cv2.warpAffine(rgb, m.astype(np.float32), (ROI_SIZE, ROI_SIZE), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT)
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=crop)
-        slot = self._roi_slot(box) if ts is not None else None
+        slot = self._roi_slot(box) if ts is not None and not turned and rot[0, 0] > 0 else None
         found = _faces_from_raw(slot.read(image, ts) if slot else self._roi_read(image), ROI_SIZE, ROI_SIZE)
         if not found:
             return None
         face = found[0]
-        face.landmarks = (face.landmarks - (m[0, 2], m[1, 2], 0.0)) / s  # back to frame pixels
+        lm = face.landmarks.astype(np.float64)
+        xy = (lm[:, :2] - m[:, 2]) @ rot / s  # back to frame pixels (rot is orthonormal)
+        face.landmarks = np.concatenate([xy, lm[:, 2:] / s], 1).astype(np.float32)
+        if face.transform is not None and rot[0, 0] < 1:
+            face.transform = _turn_transform(face.transform, rot)
         return face
 
 
-_NOT_TRIED = object()
+_AXES = np.array([[0.0, -1.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
 
 
-def _covered(box, face_boxes) -> bool:
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    return any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in face_boxes)
+def _upright_rotation(up: np.ndarray) -> np.ndarray:
+    """The 2x2 rotation (frame -> crop) that turns the face's up direction, to the nearest quarter
+    turn, into the crop's up (0, -1). MediaPipe's mesh copes with the rest of a tilt."""
+    ux, uy = _AXES[int(np.argmax(_AXES @ np.asarray(up, np.float64)))]
+    return np.array([[-uy, ux], [-ux, -uy]], np.float64)
+
+
+def _turn_transform(transform: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """A facial transformation matrix fitted in a turned crop, in the frame's camera axes (y up)."""
+    flip = np.diag([1.0, -1.0])
+    turn = np.eye(4)
+    turn[:2, :2] = flip @ rot.T @ flip  # crop -> frame, in camera axes
+    return (turn @ transform.astype(np.float64)).astype(np.float32)
+
+
+def _agrees(face: Face, det: Detection) -> bool:
+    """A mesh belongs to a detector box: the box's centre lies in the mesh's box, at a similar size."""
+    x0, y0, x1, y1 = face.box
+    cx, cy = det.centre
+    return x0 <= cx <= x1 and y0 <= cy <= y1 and 0.5 <= face.size / max(det.size, 1.0) <= 2.5
 
 
 class _RoiSlot:

@@ -1,9 +1,10 @@
-"""The face pipeline: analyse -> synthesize -> compose, and the fail-closed policy in one place.
+"""The face pipeline: analyse -> synthesize -> seal (agent.guard).
 
-A frame leaves only as an :class:`~agent.compose.AnonymizedFrame`. Faces that cannot be aligned or
-synthesized are masked. If analysis itself fails there is no AnonymizedFrame for that frame at all:
-the caller gets an :class:`AnalysisFailed` and decides between dropping the frame and publishing
-:func:`~agent.compose.mask_everything` of it.
+A frame leaves only as an :class:`~agent.guard.AnonymizedFrame`, which only the guard makes: every
+face analysis found is replaced or covered there. Faces that cannot be aligned or synthesized are
+masked. If analysis itself fails there is no AnonymizedFrame for that frame at all: the caller gets
+an :class:`AnalysisFailed` and decides between dropping the frame and publishing
+:func:`~agent.guard.mask_everything` of it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import cv2
 import numpy as np
 
 from .backends import create_backend
-from .compose import AnonymizedFrame, compose
 from .config import AnonymizerConfig, ExpressionConfig
+from .detector import FaceDetector
 from .errors import AnoncamError
 from .expression import EMOTIONS, EmotionClassifier
-from .faces import Face, FaceAnalyzer
+from .faces import Analysis, Face, FaceAnalyzer
+from .guard import AnonymizedFrame, seal
 from .images import to_rgb8
 from .shape import ShapeNormalizer
 from .synthesis import EmotionRouter, FaceJob, Synthesizer
@@ -39,7 +41,7 @@ class Result:
     faces: list[Face]
     jobs: list[FaceJob]
     timings_ms: dict[str, float] = field(default_factory=dict)
-    unmeshed: list[np.ndarray] = field(default_factory=list)  # faces found without landmarks (masked)
+    analysis: Analysis | None = None
 
 
 class Anonymizer:
@@ -50,10 +52,11 @@ class Anonymizer:
         """``emotion_classifier``: the metadata stage's classifier, shared by the generator router
         (then each face is classified once per frame); by default the router loads its own."""
         self.cfg = cfg = cfg or AnonymizerConfig()
+        detector = FaceDetector(cfg.backend, cfg.detection_threshold, rotations=(90, 180, 270) if cfg.detect_rotated else (),
+                                models_dir=cfg.models_dir, device=cfg.device, threads=cfg.threads)
         self.analyzer = FaceAnalyzer(
             max_faces=cfg.max_faces, mode=mode, min_detection_confidence=cfg.min_detection_confidence,
-            model_folder=cfg.models_dir, full_range=cfg.full_range, full_range_threshold=cfg.full_range_threshold,
-            threads=cfg.threads,  # the full-range detector is an inference like the generator
+            model_folder=cfg.models_dir, detector=detector, min_mesh_size=cfg.min_mesh_size,
         )
         routes = cfg.generator_by_emotion
         # Faces whose emotion cannot be read are drawn as neutral ones; `generator` is loaded only if
@@ -81,28 +84,24 @@ class Anonymizer:
 
     def analyze(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> list[Face]:
         """All faces with landmarks in ``rgb`` (any bit depth), in full-resolution pixel coordinates."""
-        return self.analyze_all(rgb, timestamp_ms)[0]
+        return self.analyze_all(rgb, timestamp_ms).faces
 
-    def analyze_all(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> tuple[list[Face], list[np.ndarray]]:
-        """(faces with landmarks, boxes of faces found without them), in full-resolution pixels."""
+    def analyze_all(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> Analysis:
+        """Everything found in ``rgb`` (any bit depth), in full-resolution pixels."""
         rgb8 = to_rgb8(rgb)
         h, w = rgb8.shape[:2]
         scale = min(1.0, self.cfg.max_analysis_side / max(h, w))
         small = rgb8 if scale == 1.0 else cv2.resize(rgb8, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
         try:
-            faces, unmeshed = self.analyzer.detect_all(small, timestamp_ms)
+            analysis = self.analyzer.detect_all(small, timestamp_ms)
         except Exception as exc:
             raise AnalysisFailed(f"face analysis failed: {exc}") from exc
-        if scale != 1.0:
-            for f in faces:
-                f.landmarks = f.landmarks / scale
-            unmeshed = [b / scale for b in unmeshed]
-        return faces, unmeshed
+        return analysis if scale == 1.0 else analysis.scaled(1.0 / scale, rgb.shape)
 
-    def anonymize(self, rgb: np.ndarray, faces: list[Face], unmeshed=()) -> tuple[AnonymizedFrame, list[FaceJob], dict]:
+    def anonymize(self, rgb: np.ndarray, analysis: Analysis) -> tuple[AnonymizedFrame, list[FaceJob], dict]:
         t0 = time.perf_counter()
         jobs = []
-        for face in faces:
+        for face in analysis.faces:
             try:
                 jobs.append(self.synthesizer.prepare(face))
             except Exception as exc:
@@ -112,7 +111,7 @@ class Anonymizer:
         t1 = time.perf_counter()
         self.synthesizer.run([j for j in jobs if j.error is None], to_rgb8(rgb) if self.router is not None else None)
         t2 = time.perf_counter()
-        frame = compose(rgb, jobs, self.cfg.feather, self.cfg.tone_match, unmeshed, self.cfg.surround)
+        frame = seal(rgb, analysis, jobs, self.cfg.feather, self.cfg.tone_match, self.cfg.surround)
         t3 = time.perf_counter()
         routing = self.synthesizer.routing_ms
         return frame, jobs, {"align_ms": (t1 - t0) * 1e3, "routing_ms": routing,
@@ -124,11 +123,11 @@ class Anonymizer:
 
     def process(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> Result:
         t0 = time.perf_counter()
-        faces, unmeshed = self.analyze_all(rgb, timestamp_ms)
+        analysis = self.analyze_all(rgb, timestamp_ms)
         t1 = time.perf_counter()
-        frame, jobs, timings = self.anonymize(rgb, faces, unmeshed)
+        frame, jobs, timings = self.anonymize(rgb, analysis)
         timings["analysis_ms"] = (t1 - t0) * 1e3
-        return Result(frame, faces, jobs, timings, unmeshed)
+        return Result(frame, analysis.faces, jobs, timings, analysis)
 
     def close(self):
         self.analyzer.close()

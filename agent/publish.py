@@ -9,7 +9,7 @@ Topics, under ``<prefix>/<camera>/``:
   cut cable shows up as ``offline`` once the broker notices (keepalive x 1.5).
 - ``stats``: periodic JSON.
 
-Only :class:`~agent.compose.AnonymizedFrame` objects can be published as frames: there is no
+Only :class:`~agent.guard.AnonymizedFrame` objects can be published as frames: there is no
 method here that takes raw pixels.
 
 One thread owns the paho client (connect, reconnect with backoff, network I/O, the MQTT 5 -> 3.1.1
@@ -34,7 +34,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .compose import AnonymizedFrame
+from .guard import AnonymizedFrame
 from .config import MqttConfig
 from .errors import ConfigError
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .config import PolicyConfig
-from .detect import iou
+from .detector import Detection, iou
 from .faces import Face
 
 
@@ -70,7 +70,7 @@ class Tracker:
     def __init__(self, policy: PolicyConfig):
         self.policy = policy
         self.tracks: list[Track] = []
-        self._boxes: list[tuple[np.ndarray, float]] = []
+        self._boxes: list[tuple[Detection, float]] = []
         self._next_id = 1
 
     def update(self, faces: list[Face], t: float) -> tuple[list[Face], int]:
@@ -118,21 +118,21 @@ class Tracker:
         self.tracks = kept
         return out, held
 
-    def update_boxes(self, boxes: list, t: float) -> tuple[list[np.ndarray], int]:
-        """Faces found without landmarks (masked by box): the same hold, so a flickering far-away
-        detection stays masked. Returns the boxes to mask and how many of them are held."""
+    def update_detections(self, detections: list[Detection], t: float) -> tuple[list[Detection], int]:
+        """Every detector box, plus those it found in the last ``hold_ms`` and has lost since (marked
+        ``held``): the guard covers a held box no synthetic face covers, so a face the detector misses
+        for a frame or two stays covered. Returns the boxes and how many of them are held."""
         p = self.policy
-        fresh = [np.asarray(b, np.float32) for b in boxes]
-        kept = [(b, t) for b in fresh]
-        held = 0
-        for box, seen in self._boxes:
-            if any(iou(box, b) >= p.iou_threshold for b in fresh):
+        kept = [(d, t) for d in detections]
+        held = []
+        for det, seen in self._boxes:
+            if any(iou(det.box, d.box) >= p.iou_threshold for d in detections):
                 continue
             if (t - seen) * 1000.0 <= p.hold_ms:
-                kept.append((box, seen))
-                held += 1
+                kept.append((det, seen))
+                held.append(replace(det, held=True))
         self._boxes = kept
-        return [b for b, _ in kept], held
+        return list(detections) + held, len(held)
 
     def _new_filter(self) -> OneEuro | None:
         s = self.policy.smoothing

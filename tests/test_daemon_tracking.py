@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from agent.detector import Detection
+
 from agent.config import PolicyConfig
 from agent.faces import Face
 from agent.tracking import Tracker, iou
@@ -85,13 +87,17 @@ def test_smoothing_off_passes_landmarks_through():
     np.testing.assert_array_equal(s.landmarks, f.landmarks)
 
 
-def test_boxes_without_landmarks_are_held_too():
+def detection(x0, y0, x1, y1):
+    return Detection(np.array([x0, y0, x1, y1], np.float32), 0.9, np.zeros((5, 2), np.float32))
+
+
+def test_detector_boxes_are_held_too():
     tr = Tracker(PolicyConfig(hold_ms=300))
-    boxes, held = tr.update_boxes([np.array([10, 10, 30, 30])], 0.0)
+    boxes, held = tr.update_detections([detection(10, 10, 30, 30)], 0.0)
+    assert len(boxes) == 1 and held == 0 and not boxes[0].held
+    boxes, held = tr.update_detections([], 0.2)
+    assert held == 1 and boxes[0].held and np.allclose(boxes[0].box, [10, 10, 30, 30])
+    boxes, held = tr.update_detections([detection(11, 10, 31, 30)], 0.25)  # found again: not duplicated
     assert len(boxes) == 1 and held == 0
-    boxes, held = tr.update_boxes([], 0.2)
-    assert held == 1 and np.allclose(boxes[0], [10, 10, 30, 30])
-    boxes, held = tr.update_boxes([np.array([11, 10, 31, 30])], 0.25)  # found again: not duplicated
-    assert len(boxes) == 1 and held == 0
-    boxes, held = tr.update_boxes([], 0.6)
+    boxes, held = tr.update_detections([], 0.6)
     assert boxes == [] and held == 0

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.detect import iou
+from agent.detector import iou
 from tools import evaluate as ev
 
 

@@ -190,8 +190,9 @@ def test_expression_kept_on_anonymized_faces(astronaut):
     rgb, _ = astronaut
     anonymizer = Anonymizer(AnonymizerConfig(backend="onnxruntime"), mode="image")
     try:
-        faces = anonymizer.analyze(rgb)
-        _, jobs, _ = anonymizer.anonymize(rgb, faces)
+        analysis = anonymizer.analyze_all(rgb)
+        faces = analysis.faces
+        _, jobs, _ = anonymizer.anonymize(rgb, analysis)
     finally:
         anonymizer.close()
     ea = ExpressionAnalyzer(ExpressionConfig(backend="openvino"))

@@ -19,7 +19,7 @@ UPPER_LIP, LOWER_LIP = 13, 14  # inner lip midpoints in the 478-point mesh
 
 @pytest.fixture(scope="module")
 def face_and_crop():
-    with FaceAnalyzer(max_faces=1, full_range=False) as fa:
+    with FaceAnalyzer(max_faces=1) as fa:
         face = fa.detect(skimage.data.astronaut())[0]
     return face, transform_points(alignment_matrix(face.landmarks), face.landmarks)
 

@@ -12,7 +12,8 @@ import pytest
 import skimage.data
 
 from agent.backends import InferenceBackend, create_backend
-from agent.compose import MASK_GREY, AnonymizedFrame
+from agent.compose import MASK_GREY
+from agent.guard import AnonymizedFrame
 from agent.config import AnonymizerConfig
 from agent.errors import ModelError
 from agent.models import models_dir
@@ -84,8 +85,7 @@ def test_several_overlapping_faces(ort_anonymizer, astronaut):
     for x, y in ((20, 40), (300, 200), (430, 170), (660, 230)):  # the middle two overlap
         canvas[y:y + 216, x:x + 200] = face
     r = ort_anonymizer.process(canvas)
-    # Faces this small (~70 px in 900 px) are found by the full-range detector, not the landmarker's own.
-    assert len(r.faces) == 4 and r.unmeshed == []
+    assert len(r.faces) == 4 and r.frame.covered == ()
     assert r.frame.faces_replaced == 4
     # The overlapped face is partly covered by its neighbour's synthetic face, so check the other three.
     assert_replaced(canvas, r.frame.pixels, r.faces, check=[f for f in r.faces if not 400 < f.box[0] < 450])
@@ -162,6 +162,8 @@ def test_backend_raw_outputs_agree():
 def test_anonymized_frame_cannot_be_forged():
     with pytest.raises(TypeError):
         AnonymizedFrame(object(), np.zeros((4, 4, 3), np.uint8), 0, 0)
+    with pytest.raises(TypeError):
+        AnonymizedFrame()
 
 
 def test_tampered_model_is_refused(tmp_path):
@@ -257,7 +259,7 @@ def test_huge_image(ort_anonymizer, astronaut):
 
 def test_surround_blurs_the_head_around_the_face(astronaut):
     """`surround` blurs hair and head outline around the oval; the synthetic face and the far scene stay as they were."""
-    from agent.compose import compose
+    from agent.guard import seal
 
     plain = Anonymizer(AnonymizerConfig(backend="onnxruntime"))
     try:
@@ -271,7 +273,7 @@ def test_surround_blurs_the_head_around_the_face(astronaut):
     cv2.fillPoly(grown, [np.round(centre + (oval - centre) * 1.4).astype(np.int32)], 1)  # well inside the 1.5x band
     band = grown.astype(bool) & ~cv2.dilate(oval_mask(astronaut.shape, face).astype(np.uint8), np.ones((25, 25))).astype(bool)
 
-    out = compose(astronaut, r.jobs, surround=0.5).pixels
+    out = seal(astronaut, r.analysis, r.jobs, surround=0.5).pixels
     detail = lambda img: np.abs(cv2.Laplacian(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.CV_32F))[band].mean()  # noqa: E731
     assert detail(out) < 0.3 * detail(np.asarray(r.frame.pixels)), "hair and outline around the face must be blurred"
     inside = oval_mask(astronaut.shape, face)

@@ -29,13 +29,13 @@ def frames():
 
 @pytest.fixture(scope="module")
 def astronaut_face():
-    with FaceAnalyzer(max_faces=1, full_range=False) as fa:
+    with FaceAnalyzer(max_faces=1) as fa:
         return fa.detect(skimage.data.astronaut())[0]
 
 
 def test_array_reader_gives_what_the_public_api_gives():
     rgb = np.ascontiguousarray(skimage.data.astronaut())
-    with FaceAnalyzer(max_faces=1, full_range=False) as fa:
+    with FaceAnalyzer(max_faces=1) as fa:
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
         fast = fa._read(image)
         public = reader(fa._landmarker, arrays=False)(image)

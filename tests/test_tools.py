@@ -22,7 +22,7 @@ def tiny_pack(tmp_path_factory):
     rgb = skimage.data.astronaut()
     d = tmp_path_factory.mktemp("pack")
     enc, lms = [], []
-    with FaceAnalyzer(max_faces=1, full_range=False) as fa:
+    with FaceAnalyzer(max_faces=1) as fa:
         for k in range(12):  # small shifts and zooms: 12 different real alignments of one face
             m = cv2.getRotationMatrix2D((256, 256), k - 6, 1.0 + 0.03 * (k % 4))
             img = cv2.warpAffine(rgb, m, (512, 512), borderMode=cv2.BORDER_REFLECT)
@@ -110,7 +110,7 @@ def tiny_fer_source(tmp_path_factory):
 
     rgb = skimage.data.astronaut()
     crops, blends, poses, expected = [], [], [], []
-    with FaceAnalyzer(max_faces=1, full_range=False) as fa:
+    with FaceAnalyzer(max_faces=1) as fa:
         for k in range(14):
             m = cv2.getRotationMatrix2D((256, 256), k - 7, 1.0 + 0.03 * (k % 4))
             face = fa.detect(cv2.warpAffine(rgb, m, (512, 512), borderMode=cv2.BORDER_REFLECT))[0]

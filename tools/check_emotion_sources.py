@@ -119,6 +119,7 @@ def main(argv=None):
         from collections import defaultdict
 
         from agent.config import AnonymizerConfig
+        from agent.faces import Analysis
         from agent.pipeline import Anonymizer
 
         acfg = AnonymizerConfig(backend="openvino", threads=1)
@@ -128,8 +129,9 @@ def main(argv=None):
         items = _sample(CELEBA_ZIP, args.anonymized, lambda n: is_heldout_identity(n.split("/")[0]), seed=3)
         for _, blob in tqdm(items, desc="anonymized self-check"):
             rgb = decode_rgb(blob)
-            faces = anonymizer.analyze(rgb)[:1]
-            _, jobs, _ = anonymizer.anonymize(rgb, faces)
+            found = anonymizer.analyze_all(rgb)
+            faces = found.faces[:1]
+            _, jobs, _ = anonymizer.anonymize(rgb, Analysis(faces, found.detections, found.shape))
             for f in check.describe(rgb, faces, jobs):
                 if f.get("expression_kept") is not None:
                     per_label[f["emotion"]["label"]][0] += f["expression_kept"]

@@ -53,7 +53,7 @@ import numpy as np
 from tqdm import tqdm
 
 from agent.config import AnonymizerConfig
-from agent.detect import iou
+from agent.detector import iou
 from tools.datasets import CACHE, CELEBA_ZIP, FER_VAL_ZIP, SHARED, decode_rgb, is_heldout_identity
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -39,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from agent.align import CROP_SIZE
-from agent.compose import compose
+from agent.guard import seal
 from agent.config import AnonymizerConfig, ExpressionConfig
 from agent.expression import EMOTIONS, EmotionClassifier
 from agent.pipeline import Anonymizer
@@ -126,21 +126,21 @@ def tune_gains(textures: np.ndarray, gains: list[float], fer_limit: int, seed: i
                 rgb = fer_rgb(z, name)  # exactly as tools.evaluate feeds the method
                 r = anonymizer.process(rgb)
                 if r.faces and r.jobs[0].drawn_emotion is not None:  # as tools.evaluate: faces MediaPipe finds
-                    cases.append((rgb, judge.label(rgb), r.jobs, r.unmeshed))
+                    cases.append((rgb, judge.label(rgb), r.jobs, r.analysis))
     finally:
         anonymizer.close()
     drawn = np.array([int(np.argmax(jobs[0].drawn_emotion)) for _, _, jobs, _ in cases])
     agree = np.zeros((len(gains), len(cases)), bool)
     cfg = AnonymizerConfig()
     for gi, g in enumerate(gains):
-        for n, (rgb, original, jobs, unmeshed) in enumerate(tqdm(cases, desc=f"judge gain {g:g}", leave=False)):
+        for n, (rgb, original, jobs, analysis) in enumerate(tqdm(cases, desc=f"judge gain {g:g}", leave=False)):
             shaded = []
             for j in jobs:
                 j = copy.copy(j)
                 if j.generated is not None and j.drawn_emotion is not None:
                     j.generated = tex.apply(j.generated, j.drawn_emotion, g)
                 shaded.append(j)
-            out = compose(rgb, shaded, cfg.feather, cfg.tone_match, unmeshed, cfg.surround)
+            out = seal(rgb, analysis, shaded, cfg.feather, cfg.tone_match, cfg.surround)
             agree[gi, n] = judge.label(np.asarray(out.pixels)) == original
     chosen, rates = choose_gains(agree, drawn, gains)
     picked = np.array([agree[gains.index(chosen[e]), n] for n, e in enumerate(drawn)])

@@ -42,7 +42,7 @@ def _init():
     from agent.faces import FaceAnalyzer
 
     cv2.setNumThreads(1)
-    _analyzer = FaceAnalyzer(max_faces=1, mode="image", full_range=False)
+    _analyzer = FaceAnalyzer(max_faces=1, mode="image")
 
 
 def _process(item):

