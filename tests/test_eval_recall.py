@@ -1,6 +1,7 @@
 """tools.eval_recall: the leak, calibration and outside-change metrics on a tiny dataset in gt.json's format
 built from scikit-image's public-domain astronaut (her face is at about x 178-268, y 62-172), and one
-real end-to-end run of the deface baseline on it (skipped where deface or dlib is not installed)."""
+real end-to-end run of the deface baseline on it, and the dlib judge (found by its detector, then matched)
+on the untouched and a grey-filled face (skipped where deface or dlib is not installed)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,34 @@ def test_impostor_rate_counts_pairs_of_different_faces_within_threshold():
     assert er.impostor_rate({**close, **far}) == {"pairs": 6, "within_threshold_pct": 50.0}
 
 
+def test_box_iou_and_face_crop():
+    assert er.box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
+    assert er.box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+    assert er.face_crop(FACE, (512, 512)) == (133, 7, 313, 227)  # 2x the box about its centre
+    assert er.face_crop({"x": 0, "y": 480, "w": 40, "h": 30}, (512, 512)) == (0, 465, 60, 512)  # clipped
+
+
+def test_dlib_judge_finds_and_matches_the_untouched_face_not_a_grey_one():
+    pytest.importorskip("dlib")
+    pytest.importorskip("face_recognition_models")
+    rgb = pytest.importorskip("skimage.data").astronaut()
+    judge = er.DlibJudge()
+    reference = judge.describe(rgb, FACE)
+    found, distance = judge.match(er.decode_jpeg(er.encode_jpeg(rgb)), FACE, reference)
+    assert found and distance < er.DLIB_THRESHOLD
+    grey = rgb.copy()
+    grey[FACE["y"]:FACE["y"] + FACE["h"], FACE["x"]:FACE["x"] + FACE["w"]] = 128
+    assert judge.match(er.decode_jpeg(er.encode_jpeg(grey)), FACE, reference) == (False, None)
+    # A detection elsewhere in the crop is not this face: the box moved off it by its width overlaps nothing.
+    assert judge.match(rgb, {**FACE, "x": FACE["x"] + FACE["w"]}, reference)[0] is False
+
+
+def test_dlib_counts():
+    judged = {(0, 0): (True, 0.1), (0, 1): (True, 0.7), (1, 0): (False, None), (1, 1): (False, None)}
+    assert er.dlib_counts(judged) == {"faces": 4, "found": 2, "matches": 1, "found_rate": 50.0, "rate": 25.0}
+    assert er.dlib_counts({})["rate"] is None
+
+
 def test_untouched_reencoded_image_changes_nothing(dataset):
     folder, gt = dataset
     threshold = _threshold(folder, gt)
@@ -148,11 +177,18 @@ def test_deface_end_to_end_from_a_zip(dataset, tmp_path):
     assert summary["data"] == {**summary["data"], "images": 2, "faces": 4, "faces_valid": 3}
     # deface blurs both astronaut faces; the annotated wall is left as it was.
     assert d["leak"]["all"] == {"leaked": 1, "faces": 3, "rate": pytest.approx(33.3)}
-    assert d["dlib"]["faces"] == 3 and d["dlib"]["matches"] == 1  # only the untouched wall still "matches"
+    # dlib's detector finds both astronaut faces in the originals, never the wall; none in deface's output.
+    assert summary["dlib_original"] == {"faces": 3, "found": 2, "matches": 2, "found_rate": pytest.approx(66.7),
+                                        "rate": pytest.approx(66.7)}
+    assert d["dlib"] == {"faces": 3, "found": 0, "matches": 0, "found_rate": 0.0, "rate": 0.0}
     assert d["throughput"]["images"] == 2 and d["throughput"]["images_per_s"] > 0
     assert d["settings"]["threshold"] == 0.2 and d["settings"]["mask_scale"] == 1.3
     assert summary["calibration"]["face_threshold"] == pytest.approx(_threshold(folder, gt), abs=1e-3)
-    assert "deface leak %" in (out / "summary.md").read_text() and summary["dlib_impostor_pairs"]["pairs"] == 3
+    table = (out / "summary.md").read_text()
+    assert "deface leak %" in table and summary["dlib_impostor_pairs"]["pairs"] == 3
+    assert "| dlib: found / matched (faces >= 40 px) | 0 / 0 of 3 (0.0 / 0.0 %) |" in table
     rows = list(csv.DictReader((out / "faces.csv").open()))
     assert [r["deface_leaked"] for r in rows] == ["0", "1", "", "0"]
+    assert [r["original_dlib_found"] for r in rows] == ["1", "0", "", "1"]
+    assert [r["deface_dlib_found"] for r in rows] == ["0", "0", "", "0"]
     assert sorted(p.name for p in out.iterdir()) == ["faces.csv", "summary.json", "summary.md"]  # no pixels
