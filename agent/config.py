@@ -51,7 +51,7 @@ class AnonymizerConfig(Section):
     max_faces: int = Field(8, ge=1, le=64, description="faces synthesized per frame, largest first; the others are covered")
     min_detection_confidence: float = Field(0.5, gt=0, lt=1)
     detection_threshold: float = Field(
-        0.1, gt=0, lt=1, description="face detector score from which a box is a face (boxes under 20 px: 0.04); "
+        0.1, gt=0, lt=1, description="face detector score from which a box is a face (boxes under 20 px: 0.06); "
         "lower finds more faces and covers more background"
     )
     detect_rotated: bool = Field(True, description="also find faces upside down or on their side (the frame turned "

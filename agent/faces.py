@@ -195,6 +195,8 @@ class FaceAnalyzer:
             # Also on error, so the detector never serves two frames at once.
             detections = pending.result() if pending is not None else None
         faces = _faces_from_raw(raw, rgb.shape[1], rgb.shape[0])
+        if self._detector is not None and detections is None:
+            detections = self._detector.detect(rgb)
         return faces, detections
 
     def _mesh_detections(self, rgb, faces: list[Face], detections: list[Detection], ts) -> list[Face]:

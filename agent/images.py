@@ -29,11 +29,53 @@ def read_image(path: Path) -> np.ndarray:
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise ImageError(f"{path} is not a readable JPEG or PNG (corrupt or truncated?)")
+    # As stored, with the camera's orientation tag applied: the output is written upright (and
+    # without the tag), as a viewer shows the input.
+    img = upright(img, exif_orientation(data[:1 << 16].tobytes()))
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
         raise ImageError(f"{path} is {img.shape[1]}x{img.shape[0]}, over the {MAX_PIXELS >> 20} Mpx limit")
     if img.dtype not in (np.uint8, np.uint16):
         raise ImageError(f"{path} has unsupported sample type {img.dtype}; use 8- or 16-bit images")
     return img
+
+
+def exif_orientation(head: bytes) -> int:
+    """The EXIF Orientation tag (1-8) of a JPEG from its first bytes; 1 (as stored) if it has none."""
+    if head[:2] != b"\xff\xd8":
+        return 1
+    i = 2
+    while i + 4 <= len(head) and head[i] == 0xFF:
+        marker, length = head[i + 1], int.from_bytes(head[i + 2:i + 4], "big")
+        if marker == 0xE1 and head[i + 4:i + 10] == b"Exif\0\0":
+            return _tiff_orientation(head[i + 10:i + 2 + length])
+        if marker in (0xDA, 0xD9):  # image data: no EXIF before it
+            break
+        i += 2 + length
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    ifd = int.from_bytes(tiff[4:8], order)
+    count = int.from_bytes(tiff[ifd:ifd + 2], order) if ifd + 2 <= len(tiff) else 0
+    for k in range(count):
+        entry = tiff[ifd + 2 + 12 * k:ifd + 14 + 12 * k]
+        if len(entry) == 12 and int.from_bytes(entry[:2], order) == 0x0112:
+            value = int.from_bytes(entry[8:10], order)
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def upright(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation to pixels as stored (what a viewer does before showing them)."""
+    if orientation in (5, 6, 7, 8):
+        img = {5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+               8: lambda a: np.rot90(a, 1)}[orientation](img)
+    elif orientation in (2, 3, 4):
+        img = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1]}[orientation](img)
+    return np.ascontiguousarray(img)
 
 
 def to_rgb(img: np.ndarray) -> np.ndarray:

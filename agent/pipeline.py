@@ -52,8 +52,10 @@ class Anonymizer:
         """``emotion_classifier``: the metadata stage's classifier, shared by the generator router
         (then each face is classified once per frame); by default the router loads its own."""
         self.cfg = cfg = cfg or AnonymizerConfig()
+        # Streams skip the mirrored pass: there a face missed on one frame stays covered from the
+        # last (hold_ms), and the time goes to the frame rate.
         detector = FaceDetector(cfg.backend, cfg.detection_threshold, rotations=(90, 180, 270) if cfg.detect_rotated else (),
-                                models_dir=cfg.models_dir, device=cfg.device, threads=cfg.threads)
+                                flip=mode == "image", models_dir=cfg.models_dir, device=cfg.device, threads=cfg.threads)
         self.analyzer = FaceAnalyzer(
             max_faces=cfg.max_faces, mode=mode, min_detection_confidence=cfg.min_detection_confidence,
             model_folder=cfg.models_dir, detector=detector, min_mesh_size=cfg.min_mesh_size,

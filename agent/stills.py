@@ -24,7 +24,8 @@ def register(sub):
     p.add_argument("--backend", choices=("openvino", "onnxruntime", "auto"), help="inference backend (default: config, else auto)")
     p.add_argument("--device", help="OpenVINO device: CPU, GPU or NPU")
     p.add_argument("--config", type=Path, help="YAML config (its 'anonymizer' section is used)")
-    p.add_argument("--max-faces", type=int)
+    p.add_argument("--max-faces", type=int, help="faces synthesized per image, largest first; every other face is "
+                                                 "covered with coarse blocks (default: config, else 8)")
     p.set_defaults(func=run)
 
 
@@ -52,7 +53,7 @@ def run(args) -> int:
     from .pipeline import AnalysisFailed, Anonymizer
 
     anonymizer = Anonymizer(cfg, mode="image")
-    counts = {"images": 0, "faces_replaced": 0, "faces_masked": 0, "no_face": 0, "failed": 0}
+    counts = {"images": 0, "faces_replaced": 0, "faces_covered": 0, "no_face": 0, "failed": 0}
     failures = []
     try:
         for src, dst in tqdm(pairs, desc="anonymize", unit="img", disable=len(pairs) < 2 or not sys.stderr.isatty()):
@@ -67,8 +68,8 @@ def run(args) -> int:
                 continue
             counts["images"] += 1
             counts["faces_replaced"] += result.frame.faces_replaced
-            counts["faces_masked"] += result.frame.faces_masked
-            if not result.faces:
+            counts["faces_covered"] += result.frame.faces_masked
+            if not result.frame.faces:
                 counts["no_face"] += 1
     finally:
         anonymizer.close()
@@ -76,7 +77,7 @@ def run(args) -> int:
         print(f"anoncam: error: {msg}", file=sys.stderr)
     print(
         f"{counts['images']} image(s) written, {counts['faces_replaced']} face(s) replaced, "
-        f"{counts['faces_masked']} masked, {counts['no_face']} with no face (written unchanged), "
+        f"{counts['faces_covered']} covered, {counts['no_face']} with no face (written unchanged), "
         f"{counts['failed']} failed"
     )
     return 1 if counts["failed"] else 0

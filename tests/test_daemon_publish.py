@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from daemon_helpers import Broker, Subscriber, TcpProxy, decode_jpeg, free_port, retained, wait_for
 
-from agent.compose import mask_everything
+from agent.guard import mask_everything
 from agent.config import Config, MqttConfig
 from agent.errors import ConfigError
 from agent.publish import Publisher

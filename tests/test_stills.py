@@ -212,7 +212,7 @@ def test_cli_folder_formats_and_summary(tmp_path, inputs):
     out = tmp_path / "out"
     p = anoncam("anonymize", inputs, out, "--backend", "onnxruntime")
     assert p.returncode == 0, p.stderr
-    assert "5 image(s) written, 4 face(s) replaced, 0 masked, 1 with no face (written unchanged), 0 failed" in p.stdout
+    assert "5 image(s) written, 4 face(s) replaced, 0 covered, 1 with no face (written unchanged), 0 failed" in p.stdout
     for rel in ("face.jpg", "noface.png", "sub/grey.png", "sub/deep16.png", "sub/alpha.png"):
         src = cv2.imread(str(inputs / rel), cv2.IMREAD_UNCHANGED)
         dst = cv2.imread(str(out / rel), cv2.IMREAD_UNCHANGED)
