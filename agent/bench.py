@@ -47,11 +47,13 @@ REPORT_SCHEMA = "anoncam.bench/1"
 BACKENDS = ("onnxruntime", "openvino")
 ASSET = Path(__file__).resolve().parent / "assets" / "astronaut.jpg"
 
-# Targets from the requirement, judged on this 2-core machine. deface (the usual blur-the-faces
-# tool) ran 640x480 with one face at 12.7 fps here; the agent must do twice that while replacing.
-DEFACE_FPS = 12.7
+# Targets from the requirement. deface (the usual blur-the-faces tool) runs on the same frames in the
+# same run where it is installed (`pip install --no-deps deface`); the agent must do twice its rate at
+# 640x480 while replacing faces. Without it the bar is its rate recorded on a 2-core Xeon.
+DEFACE_FPS_RECORDED = 12.7
+PEER_FACTOR = {"640x480_1face": 2.0}
 MAX_LANDMARKER_RATIO = 2.0
-MIN_FPS = {"640x480_1face": 2 * DEFACE_FPS, "1280x720_4faces": 15.0}
+MIN_FPS = {"1280x720_4faces": 15.0}
 MAX_RSS_MB = 600.0
 
 
@@ -357,6 +359,8 @@ def child_main(spec_path: str) -> int:
 
 
 def _bench_one(spec: dict) -> dict:
+    if spec["backend"] == "deface":
+        return bench_deface(Path(spec["frames"]), SCENE_BY_NAME[spec["scene"]], spec["warmup"])
     scene = SCENE_BY_NAME[spec["scene"]]
     frames = Path(spec["frames"])
     cfg = bench_config(load_config(spec["config"]), spec["backend"], spec["threads"], scene, frames)
@@ -366,6 +370,44 @@ def _bench_one(spec: dict) -> dict:
     return {"agent": agent, "landmarker_ms": landmarker, "peak_rss_mb": rss,
             "ratio_to_landmarker": agent["frame_ms"] / landmarker["mean"],
             "threads": stream_threads(cfg.anonymizer).threads}
+
+
+def bench_deface(frames: Path, scene: Scene, warmup: int, jpeg_quality: int = 85) -> dict:
+    """deface with its CLI defaults (CenterFace at full size, threshold 0.2, ellipse blur at 1.3x the box)
+    on the same frames, each encoded as JPEG as the agent publishes it."""
+    from deface.centerface import CenterFace
+    from deface.deface import anonymize_frame
+
+    centerface = CenterFace(in_shape=None, backend="auto")
+    video = RawVideo(frames, scene.width, scene.height)
+    times, cpu0, index = [], 0.0, 0
+    try:
+        while True:
+            ok, bgr = video.read()
+            if not ok:
+                break
+            if index == warmup:
+                cpu0 = time.process_time()
+            t0 = time.perf_counter()
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # deface reads frames as RGB
+            dets, _ = centerface(rgb, threshold=0.2)
+            anonymize_frame(dets, rgb, mask_scale=1.3, replacewith="blur", ellipse=True, draw_scores=False,
+                            replaceimg=None, mosaicsize=20)
+            cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+            if index >= warmup:
+                times.append((time.perf_counter() - t0) * 1e3)
+            index += 1
+    finally:
+        video.release()
+    frame_ms = sum(times) / max(len(times), 1)
+    cpu_ms = (time.process_time() - cpu0) * 1e3 / max(len(times), 1)
+    return {"fps": 1000.0 / frame_ms, "frame_ms": frame_ms, "cpu_ms_per_frame": cpu_ms, "peak_rss_mb": peak_rss_mb()}
+
+
+def deface_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("deface") is not None
 
 
 def _spawn(workdir: Path, backend: str, scene: Scene, frames: Path, warmup: int, threads: int | None,
@@ -429,6 +471,8 @@ def measure(backends, frames: int, warmup: int, threads: int | None, config: Pat
     defaults = load_config(config)  # validated here, so a bad file fails before any scene is made
     load_before = os.getloadavg()
     results: dict = {}
+    peers: dict = {}
+    peer = deface_installed()
     with tempfile.TemporaryDirectory(prefix="anoncam-bench-") as tmp:
         workdir = Path(tmp)
         for scene in scenes:
@@ -437,6 +481,9 @@ def measure(backends, frames: int, warmup: int, threads: int | None, config: Pat
                 log.info("bench: %s on %s (%d frames after %d warm-up)", backend, scene.name, frames, warmup)
                 results.setdefault(backend, {})[scene.name] = _spawn(workdir, backend, scene, path, warmup, threads,
                                                                      config)
+            if peer:
+                log.info("bench: deface on %s", scene.name)
+                peers[scene.name] = _spawn(workdir, "deface", scene, path, warmup, threads, config)
             path.unlink()
     return {
         "schema": REPORT_SCHEMA,
@@ -452,7 +499,8 @@ def measure(backends, frames: int, warmup: int, threads: int | None, config: Pat
         "scenes": {s.name: {"width": s.width, "height": s.height, "faces": len(s.people)} for s in scenes},
         "results": {b: {"peak_rss_mb": max(r["peak_rss_mb"] for r in per.values()), "scenes": per}
                     for b, per in results.items()},
-        "targets": evaluate(results),
+        "deface": peers or None,
+        "targets": evaluate(results, peers),
     }
 
 
@@ -472,8 +520,9 @@ def _machine(load_before) -> dict:
                          "openvino": openvino.__version__}}
 
 
-def evaluate(results: dict) -> list[dict]:
-    """Every target of the requirement, per backend (and scene), with its value and PASS/FAIL."""
+def evaluate(results: dict, peers: dict | None = None) -> list[dict]:
+    """Every target of the requirement, per backend (and scene), with its value and PASS/FAIL; fps bars
+    relative to deface use its rate in this run (``peers``), else the recorded one."""
     targets = []
 
     def add(name, backend, scene, value, op, limit):
@@ -488,6 +537,10 @@ def evaluate(results: dict) -> list[dict]:
                 MAX_LANDMARKER_RATIO)
             if scene in MIN_FPS:
                 add("end-to-end fps", backend, scene, r["agent"]["fps"], ">=", MIN_FPS[scene])
+            if scene in PEER_FACTOR:
+                deface = (peers or {}).get(scene, {}).get("fps", DEFACE_FPS_RECORDED)
+                add(f"end-to-end fps ({PEER_FACTOR[scene]:g}x deface's)", backend, scene, r["agent"]["fps"], ">=",
+                    round(PEER_FACTOR[scene] * deface, 1))
         add("peak RSS (MB)", backend, "all", max(r["peak_rss_mb"] for r in per.values()), "<=", MAX_RSS_MB)
     return targets
 
@@ -513,6 +566,13 @@ def format_report(report: dict) -> str:
         where = t["scene"] if t["scene"] != "all" else "both scenes"
         lines.append(f"  {'PASS' if t['pass'] else 'FAIL'}  {t['target']:34} {t['backend']:12} {where:16} "
                      f"{t['value']:8.3f} {t['op']} {t['limit']:g}")
+    if report.get("deface"):
+        lines += ["", "deface (CLI defaults, same frames, JPEG-encoded): "
+                  + ", ".join(f"{n} {r['fps']:.1f} fps ({r['cpu_ms_per_frame']:.0f} CPU ms/frame)"
+                              for n, r in report["deface"].items())]
+    else:
+        lines += ["", f"deface is not installed: its recorded {DEFACE_FPS_RECORDED} fps at 640x480 sets the bar "
+                      "(pip install imageio imageio-ffmpeg && pip install --no-deps deface to measure it in the same run)"]
     busiest = max(r["other_load_cores"] for per in report["results"].values() for r in per["scenes"].values())
     if busiest > NOISY_LOAD_CORES:
         lines += ["", f"note: other jobs kept up to {busiest:.1f} of the {m['cores']} cores busy during the run; "
