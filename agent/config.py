@@ -56,7 +56,7 @@ class AnonymizerConfig(Section):
     )
     detect_rotated: bool = Field(True, description="also find faces upside down or on their side (the frame turned "
                                                    "90/180/270 degrees, at a third of its size: faces from ~40 px)")
-    min_mesh_size: float = Field(40, ge=0, description="faces smaller than this (px) are covered, not synthesized")
+    min_mesh_size: float = Field(64, ge=0, description="faces smaller than this (px) are covered, not synthesized")
     max_analysis_side: int = Field(1920, ge=256, description="larger frames are downscaled for analysis only")
     identity_normalization: float = Field(
         1.0, ge=0, le=1,

@@ -13,7 +13,7 @@ above the threshold becomes a box with five landmarks.
   faces are rare and taken only with a clear score; a ninth of the pixels each keeps the three
   passes at a third of the upright one), and boxes come back to frame pixels.
 - **Mirror.** Stills also run the frame mirrored, and a cell's score is the mean of the two.
-- **Crowds.** Where a frame holds many faces under 16 px, each 128 px square holding some of them runs
+- **Crowds.** Where a frame holds many faces under 16 px, each 128 px square holding one of them runs
   again at twice the size: the network misses many faces under ~10 px at their own size.
 - **Thresholds.** A false positive costs a covered patch of background, a miss a face on the
   wire. Small boxes are cheap to cover wrongly and hard to find, so they get a lower threshold;
@@ -39,11 +39,11 @@ CELL = 4  # heatmap cell in input pixels
 LEVEL_SIDE = 1100  # frames whose short side exceeds this (more than 1080p) also run at half size
 NMS_IOU = 0.3
 ZOOM_BELOW, ZOOM_CROWD = 16, 12  # px, faces: a frame with this many boxes under this size is a crowd
-ZOOM_CELL, ZOOM_MARGIN, ZOOM_CELL_FACES = 128, 32, 2  # and its squares with at least 2 of them run at 2x
+ZOOM_CELL, ZOOM_MARGIN, ZOOM_CELL_FACES = 128, 32, 1  # and its squares holding one run at 2x
 TURN_GAP = 32  # px of black between the turned frames on one canvas, so that no face spans two
 NEST_RATIO = 2.5
 # A false box this large covers a good part of the scene, and real faces this large score well above it.
-LARGE_SIZE, LARGE_THRESHOLD = 64, 0.3
+LARGE_SIZE, LARGE_THRESHOLD = 64, 0.2
 # Turned passes see mostly upright scenery on its side, where low scores are noise: a face lying down is
 # a clear face, and is taken only with a clear score.
 ROTATED_THRESHOLD = 0.5
@@ -179,8 +179,8 @@ class FaceDetector:
         return _detections(boxes / scale, scores, marks / scale, 0)
 
     def _zoom(self, rgb: np.ndarray, found: list[Detection]) -> list[Detection]:
-        """A crowd: each ZOOM_CELL px square holding several faces too small for the network to find
-        them all runs again at twice the size (unmirrored). Only crowded frames pay for it, and only
+        """A crowd: each ZOOM_CELL px square holding a face too small for the network to find them all
+        runs again at twice the size (unmirrored). Only crowded frames pay for it, and only
         where the crowd is; every crop has the same size, so OpenVINO compiles it once."""
         small = [d for d in found if d.size < ZOOM_BELOW]
         if len(small) < ZOOM_CROWD:

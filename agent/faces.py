@@ -103,7 +103,7 @@ class FaceAnalyzer:
 
     def __init__(self, max_faces: int = 8, mode: str = "image", min_detection_confidence: float = 0.5,
                  min_presence_confidence: float = 0.5, min_tracking_confidence: float = 0.5,
-                 model_folder=None, detector: FaceDetector | None = None, min_mesh_size: float = 40.0):
+                 model_folder=None, detector: FaceDetector | None = None, min_mesh_size: float = 64.0):
         from mediapipe.tasks.python import vision
 
         def make(running_mode, num_faces):
