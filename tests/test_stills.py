@@ -280,3 +280,21 @@ def test_surround_blurs_the_head_around_the_face(astronaut):
     # Only the brightness match moves a little: it reads the (now blurred) edge of the region.
     assert np.abs(out[inside].astype(int) - np.asarray(r.frame.pixels)[inside]).mean() < 3.0, "the synthetic face is kept"
     assert_replaced(astronaut, out, r.faces)  # and nothing far from the face changes
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_a_viewer_does(tmp_path, orientation):
+    from PIL import Image, ImageOps
+
+    from agent.images import read_image
+
+    rng = np.random.default_rng(orientation)
+    pixels = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    pixels[:10, :20] = 255  # a corner that shows which way round the image is
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.jpg"
+    img.save(path, exif=exif, quality=100)
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(path)))
+    np.testing.assert_array_equal(read_image(path)[:, :, ::-1], shown)
