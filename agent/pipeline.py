@@ -58,7 +58,8 @@ class Anonymizer:
         # Streams skip the mirrored pass and turn the frame every third one only: there a face found
         # stays covered for hold_ms after it is lost, and the time goes to the frame rate.
         stills = mode == "image"
-        detector = FaceDetector(cfg.backend, cfg.detection_threshold, rotations=(90, 180, 270) if cfg.detect_rotated else (),
+        detector = FaceDetector(cfg.backend, cfg.detection_threshold,
+                                rotations=(90, 180, 270) if cfg.detect_rotated else (),
                                 flip=stills, turn_every=1 if stills else STREAM_TURN_EVERY, scale=cfg.detection_scale,
                                 models_dir=cfg.models_dir, device=cfg.device, threads=cfg.threads)
         self.analyzer = FaceAnalyzer(

@@ -391,8 +391,6 @@ def descriptor(rgb: np.ndarray, box: Box, rotation: int) -> np.ndarray:
 def detector_finds(rgb: np.ndarray, box: Box, rotation: int) -> bool:
     """Whether dlib's HOG face detector finds a face at ``box`` (upright crop of twice the box, face
     resized to 100 px, IoU >= 0.3 with the box as dlib frames it)."""
-    import dlib
-
     crop, (x0, y0, x1, y1) = upright_crop(rgb, box, rotation, margin=0.5)
     s = 100 / (y1 - y0)
     crop = cv2.resize(crop, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)

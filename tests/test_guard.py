@@ -30,7 +30,8 @@ def inner(det: Detection, shape) -> np.ndarray:
     """The middle of a box: what must not survive."""
     x0, y0, x1, y1 = det.box
     m = np.zeros(shape[:2], bool)
-    m[int(y0 + 0.25 * (y1 - y0)):int(y1 - 0.25 * (y1 - y0)), int(x0 + 0.25 * (x1 - x0)):int(x1 - 0.25 * (x1 - x0))] = True
+    dx, dy = 0.25 * (x1 - x0), 0.25 * (y1 - y0)
+    m[int(y0 + dy):int(y1 - dy), int(x0 + dx):int(x1 - dx)] = True
     return m
 
 
