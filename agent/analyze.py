@@ -1,6 +1,6 @@
 """``anoncam analyze INPUT [--json]``: expression metadata (emotion, blendshapes, head pose) per face.
 
-INPUT is a JPEG/PNG file or a folder searched recursively. With ``--json`` each image gives one
+INPUT is an image file or a folder searched recursively. With ``--json`` each image gives one
 line on stdout, a message of schema ``anoncam.meta/1`` (agent/schema/anoncam-metadata-v1.json).
 Unreadable files are reported on stderr and skipped; the exit status is then 1.
 """
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def register(sub):
     p = sub.add_parser("analyze", help="per-face emotion, blendshapes and head pose of an image or a folder",
-                       description="Find every face in INPUT (a JPEG/PNG file, or a folder searched recursively) and "
+                       description="Find every face in INPUT (an image file, or a folder searched recursively) and "
                                    "print its 7-class emotion, 52 blendshapes and head pose. Nothing is written to disk.")
     p.add_argument("input", type=Path)
     p.add_argument("--json", action="store_true", help="one JSON object per image per line (schema anoncam.meta/1)")
@@ -113,7 +113,7 @@ def run(args) -> int:
         raise AnoncamError(f"input {args.input} does not exist")
     files = _files(args.input)
     if not files:
-        raise AnoncamError(f"no .jpg/.jpeg/.png files under {args.input}")
+        raise AnoncamError(f"no images ({', '.join(EXTENSIONS)}) under {args.input}")
 
     analysis = _Analysis(acfg, args.anonymized)
     expression = ExpressionAnalyzer(ecfg)

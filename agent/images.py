@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import ImageError
 
-EXTENSIONS = (".jpg", ".jpeg", ".png")
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")  # read and written by OpenCV
 MAX_PIXELS = 1 << 28  # 268 Mpx: far past any camera, short of exhausting the device's memory
 
 
@@ -28,7 +28,7 @@ def read_image(path: Path) -> np.ndarray:
         raise ImageError(f"{path} is empty (0 bytes)")
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
-        raise ImageError(f"{path} is not a readable JPEG or PNG (corrupt or truncated?)")
+        raise ImageError(f"{path} is not a readable image (corrupt or truncated?)")
     # As stored, with the camera's orientation tag applied: the output is written upright (and
     # without the tag), as a viewer shows the input.
     img = upright(img, exif_orientation(data[:1 << 16].tobytes()))

@@ -17,27 +17,27 @@ log = logging.getLogger(__name__)
 
 def register(sub):
     p = sub.add_parser("anonymize", help="replace every face in an image or a folder of images",
-                       description="Replace every face in INPUT (a JPEG/PNG file, or a folder searched recursively) "
+                       description="Replace every face in INPUT (an image file, or a folder searched recursively) "
                                    "and write the result to OUTPUT (a file, or a folder mirroring INPUT's layout).")
-    p.add_argument("input", type=Path)
-    p.add_argument("output", type=Path)
+    p.add_argument("input", type=Path, help="an image (JPEG, PNG, WebP, BMP, TIFF) or a folder of them")
+    p.add_argument("output", type=Path, help="the output file, or folder (same relative paths); never INPUT itself")
     p.add_argument("--backend", choices=("openvino", "onnxruntime", "auto"), help="inference backend (default: config, else auto)")
     p.add_argument("--device", help="OpenVINO device: CPU, GPU or NPU")
     p.add_argument("--config", type=Path, help="YAML config (its 'anonymizer' section is used)")
     p.add_argument("--max-faces", type=int, help="faces synthesized per image, largest first; every other face is "
-                                                 "covered with coarse blocks (default: config, else 8)")
+                                                 "covered, its head filled flat (default: config, else 8)")
     p.set_defaults(func=run)
 
 
-def _pairs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
+def _pairs(src: Path, dst: Path) -> tuple[list[tuple[Path, Path]], int]:
+    """(input, output) pairs, and how many files in a folder INPUT are not images it takes."""
     if src.is_dir():
-        files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
-        return [(f, dst / f.relative_to(src)) for f in files]
-    if src.is_file() or not src.exists():
-        if dst.is_dir():
-            dst = dst / src.name
-        return [(src, dst)]
-    return []
+        files = sorted(p for p in src.rglob("*") if p.is_file())
+        images = [f for f in files if f.suffix.lower() in EXTENSIONS]
+        return [(f, dst / f.relative_to(src)) for f in images], len(files) - len(images)
+    if dst.is_dir():
+        dst = dst / src.name
+    return [(src, dst)], 0
 
 
 def run(args) -> int:
@@ -46,9 +46,12 @@ def run(args) -> int:
     cfg = cfg.model_copy(update=overrides)
     if not args.input.exists():
         raise AnoncamError(f"input {args.input} does not exist")
-    pairs = _pairs(args.input, args.output)
+    pairs, skipped = _pairs(args.input, args.output)
     if not pairs:
-        raise AnoncamError(f"no .jpg/.jpeg/.png files under {args.input}")
+        raise AnoncamError(f"no images ({', '.join(EXTENSIONS)}) under {args.input}")
+    if any(src.resolve() == dst.resolve() for src, dst in pairs):
+        raise AnoncamError(f"OUTPUT {args.output} would overwrite INPUT {args.input}: the originals are never "
+                           "replaced; choose another OUTPUT")
 
     from .pipeline import AnalysisFailed, Anonymizer
 
@@ -78,6 +81,6 @@ def run(args) -> int:
     print(
         f"{counts['images']} image(s) written, {counts['faces_replaced']} face(s) replaced, "
         f"{counts['faces_covered']} covered, {counts['no_face']} with no face (written unchanged), "
-        f"{counts['failed']} failed"
+        f"{counts['failed']} failed" + (f", {skipped} other file(s) skipped" if skipped else "")
     )
     return 1 if counts["failed"] else 0

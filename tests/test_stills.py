@@ -298,3 +298,35 @@ def test_exif_orientation_is_applied_as_a_viewer_does(tmp_path, orientation):
     img.save(path, exif=exif, quality=100)
     shown = np.asarray(ImageOps.exif_transpose(Image.open(path)))
     np.testing.assert_array_equal(read_image(path)[:, :, ::-1], shown)
+
+
+def test_cli_folder_takes_every_format_opencv_writes_and_names_what_it_skipped(tmp_path, astronaut):
+    d = tmp_path / "in"
+    d.mkdir()
+    bgr = cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR)
+    for name in ("face.webp", "face.bmp", "face.tif"):
+        assert cv2.imwrite(str(d / name), bgr, [cv2.IMWRITE_WEBP_QUALITY, 101] if name.endswith("webp") else [])
+    (d / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    p = anoncam("anonymize", d, out, "--backend", "onnxruntime")
+    assert p.returncode == 0, p.stderr
+    assert "3 image(s) written, 3 face(s) replaced, 0 covered" in p.stdout and "1 other file(s) skipped" in p.stdout
+    for name in ("face.webp", "face.bmp", "face.tif"):
+        img = cv2.imread(str(out / name))
+        x0, y0, x1, y1 = 200, 90, 250, 150  # the middle of the astronaut's face
+        assert np.abs(img[y0:y1, x0:x1].astype(int) - bgr[y0:y1, x0:x1]).mean() > 15, name
+    assert not (out / "notes.txt").exists()
+
+
+@pytest.mark.parametrize("folder", [False, True])
+def test_cli_refuses_to_overwrite_the_input(tmp_path, astronaut, folder):
+    d = tmp_path / "in"
+    d.mkdir()
+    src = d / "face.png"
+    cv2.imwrite(str(src), cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))
+    before = src.read_bytes()
+    target = d if folder else src
+    p = anoncam("anonymize", target, target, "--backend", "onnxruntime")
+    assert p.returncode == 2 and "would overwrite INPUT" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert src.read_bytes() == before
