@@ -330,3 +330,22 @@ def test_cli_refuses_to_overwrite_the_input(tmp_path, astronaut, folder):
     assert p.returncode == 2 and "would overwrite INPUT" in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
     assert src.read_bytes() == before
+
+
+def test_a_decompression_bomb_fails_alone_with_one_line(tmp_path, astronaut):
+    import struct
+    import zlib
+
+    d = tmp_path / "in"
+    d.mkdir()
+    cv2.imwrite(str(d / "face.png"), cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))
+    ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)  # 100000 x 100000 RGB, 30 GB decoded
+    chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))  # noqa: E731
+    (d / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                                 + chunk(b"IEND", b""))
+    p = anoncam("anonymize", d, tmp_path / "out", "--backend", "onnxruntime")
+    assert p.returncode == 1, p.stderr
+    assert "1 image(s) written, 1 face(s) replaced" in p.stdout and "1 failed" in p.stdout
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("anoncam: error:")]
+    assert len(errors) == 1 and "bomb.png" in errors[0] and "Traceback" not in p.stderr
+    assert (tmp_path / "out" / "face.png").exists() and not (tmp_path / "out" / "bomb.png").exists()
