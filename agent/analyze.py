@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .config import AnonymizerConfig, ExpressionConfig, load_config
+from .config import AnonymizerConfig, ExpressionConfig, load_config, with_flags
 from .errors import AnoncamError, ImageError
 from .expression import META_SCHEMA, ExpressionAnalyzer
 from .images import EXTENSIONS, read_image, to_rgb, to_rgb8
@@ -102,13 +102,8 @@ def run(args) -> int:
     cfg = load_config(args.config) if args.config else None
     acfg: AnonymizerConfig = cfg.anonymizer if cfg else AnonymizerConfig()
     ecfg: ExpressionConfig = cfg.expression if cfg else ExpressionConfig()
-    if args.backend:
-        acfg = acfg.model_copy(update={"backend": args.backend})
-        ecfg = ecfg.model_copy(update={"backend": args.backend})
-    if args.max_faces is not None:
-        acfg = acfg.model_copy(update={"max_faces": args.max_faces})
-    if args.anonymized:
-        ecfg = ecfg.model_copy(update={"check_anonymized": True})
+    acfg = with_flags(acfg, backend=args.backend, max_faces=args.max_faces)
+    ecfg = with_flags(ecfg, backend=args.backend, check_anonymized=True if args.anonymized else None)
     if not args.input.exists():
         raise AnoncamError(f"input {args.input} does not exist")
     files = _files(args.input)

@@ -241,3 +241,15 @@ def load_config(path: str | Path | None, cls=Config):
             msg = "unknown key (check spelling; see config/agent.yaml)" if err["type"] == "extra_forbidden" else err["msg"]
             lines.append(f"  {where}: {msg}")
         raise ConfigError(f"{path} is invalid:\n" + "\n".join(lines)) from None
+
+
+def with_flags(section: Section, **flags) -> Section:
+    """``section`` with the command-line values that were given (None: not given), validated like
+    the file: a bad flag is one line naming it, e.g. ``--max-faces: Input should be greater than or equal to 1``."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        return type(section).model_validate({**section.model_dump(), **given})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        flag = "--" + str(err["loc"][0]).replace("_", "-")
+        raise ConfigError(f"{flag}: {err['msg']}") from None

@@ -29,7 +29,8 @@ def read_image(path: Path) -> np.ndarray:
     try:
         img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # e.g. a header claiming more pixels than OpenCV decodes
-        raise ImageError(f"{path} cannot be decoded ({str(exc).strip().splitlines()[-1]}); is it a real image?") from None
+        why = str(exc).strip().splitlines()[-1]
+        raise ImageError(f"{path} cannot be decoded ({why}); is it a real image?") from None
     if img is None or img.size == 0:
         raise ImageError(f"{path} is not a readable image (corrupt or truncated?)")
     # As stored, with the camera's orientation tag applied: the output is written upright (and

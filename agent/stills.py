@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .config import AnonymizerConfig, load_config
+from .config import AnonymizerConfig, load_config, with_flags
 from .errors import AnoncamError, ImageError
 from .images import EXTENSIONS, from_rgb, read_image, to_rgb, write_image
 
@@ -42,8 +42,7 @@ def _pairs(src: Path, dst: Path) -> tuple[list[tuple[Path, Path]], int]:
 
 def run(args) -> int:
     cfg: AnonymizerConfig = load_config(args.config).anonymizer if args.config else AnonymizerConfig()
-    overrides = {k: v for k, v in (("backend", args.backend), ("device", args.device), ("max_faces", args.max_faces)) if v is not None}
-    cfg = cfg.model_copy(update=overrides)
+    cfg = with_flags(cfg, backend=args.backend, device=args.device, max_faces=args.max_faces)
     if not args.input.exists():
         raise AnoncamError(f"input {args.input} does not exist")
     pairs, skipped = _pairs(args.input, args.output)

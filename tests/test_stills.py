@@ -349,3 +349,13 @@ def test_a_decompression_bomb_fails_alone_with_one_line(tmp_path, astronaut):
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("anoncam: error:")]
     assert len(errors) == 1 and "bomb.png" in errors[0] and "Traceback" not in p.stderr
     assert (tmp_path / "out" / "face.png").exists() and not (tmp_path / "out" / "bomb.png").exists()
+
+
+@pytest.mark.parametrize("flag, value, says", [("--max-faces", "0", "--max-faces: Input should be greater than or equal to 1")])
+def test_a_bad_flag_is_one_line_before_any_model_loads(tmp_path, astronaut, flag, value, says):
+    src = tmp_path / "face.png"
+    cv2.imwrite(str(src), cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))
+    for command in ("anonymize", "analyze"):
+        args = (command, src, tmp_path / "out.png") if command == "anonymize" else (command, src)
+        p = anoncam(*args, flag, value)
+        assert p.returncode == 2 and p.stderr.strip().splitlines() == [f"anoncam: error: {says}"], p.stderr
