@@ -4,7 +4,7 @@ The guard receives everything analysis found -- the faces with a fitted mesh and
 face detector reported -- and the synthesis jobs for the meshed faces. It pastes the synthetic
 faces (:func:`agent.compose.compose`), then checks each detector box: a box whose inner ellipse the
 synthetic face covers is replaced; any other is *covered*: its head filled with one flat colour, the
-head's own mean (no blur: nothing of the person survives). So a face is never dropped, never passed
+mean of its outer ring (no blur: nothing of the person survives). So a face is never dropped, never passed
 raw: a face over ``max_faces``, too small, turned, or whose mesh landed beside it is covered.
 
 Only :func:`seal` and :func:`mask_everything` make an :class:`AnonymizedFrame`, and publishing and
@@ -29,6 +29,7 @@ INNER = 0.8  # the inner ellipse spans this share of the detector box (its corne
 # heads changed half again as much of the scene around false boxes for 0.1 points fewer leaks.
 HEAD_ACROSS = 0.7
 HEAD_DOWN, HEAD_UP = 0.65, 0.9
+RING = 0.75  # a cover takes the colour of the head's ring outside this share of its radii
 
 
 class GuardError(AnoncamError):
@@ -133,7 +134,8 @@ def head_ellipse(det: Detection) -> tuple[tuple[float, float], tuple[float, floa
 
 
 def cover(out: np.ndarray, det: Detection) -> None:
-    """Fill the head around ``det`` in place with its own mean colour."""
+    """Fill the head around ``det`` in place with one colour: the mean of its outer ring (hair, ears,
+    background), not of the whole head, so the face's own skin tone does not survive as its middle."""
     (cx, cy), (a, b), angle = head_ellipse(det)
     r = max(a, b)
     h, w = out.shape[:2]
@@ -142,9 +144,12 @@ def cover(out: np.ndarray, det: Detection) -> None:
     if x1 <= x0 or y1 <= y0:
         return
     view = out[y0:y1, x0:x1]
-    mask = np.zeros(view.shape[:2], np.uint8)
-    cv2.ellipse(mask, (round((cx - x0) * 16), round((cy - y0) * 16)), (max(1, round(a * 16)), max(1, round(b * 16))),
-                angle, 0, 360, 1, -1, cv2.LINE_8, 4)
-    inside = mask.astype(bool)
-    if inside.any():
-        view[inside] = view[inside].mean(axis=0).round().astype(view.dtype)
+    centre = (round((cx - x0) * 16), round((cy - y0) * 16))
+    head = np.zeros(view.shape[:2], np.uint8)
+    cv2.ellipse(head, centre, (max(1, round(a * 16)), max(1, round(b * 16))), angle, 0, 360, 1, -1, cv2.LINE_8, 4)
+    inner = np.zeros_like(head)
+    cv2.ellipse(inner, centre, (max(1, round(a * RING * 16)), max(1, round(b * RING * 16))), angle, 0, 360, 1, -1,
+                cv2.LINE_8, 4)
+    head, ring = head.astype(bool), (head > inner)
+    if head.any():
+        view[head] = view[ring if ring.any() else head].mean(axis=0).round().astype(view.dtype)
