@@ -55,15 +55,13 @@ UP_FROM_LANDMARKS = 24  # px: below it a face's five landmarks are too coarse to
 class Detection:
     """A face the detector found, in frame pixels.
 
-    ``box`` is axis-aligned in the frame. ``angle`` is how far the frame was turned (clockwise, in
-    degrees) for the face to stand upright, and ``up`` the unit vector from chin to brow in frame
+    ``box`` is axis-aligned in the frame; ``up`` is the unit vector from chin to brow in frame
     coordinates, so a cover can grow the box towards the hair whatever way the head is turned.
     """
 
     box: np.ndarray  # (4,) x0, y0, x1, y1
     score: float
     landmarks: np.ndarray  # (5, 2): eyes, nose, mouth corners (as the face sees them)
-    angle: int = 0
     held: bool = False
     up: np.ndarray = field(default_factory=lambda: np.array([0.0, -1.0], np.float32))
 
@@ -98,8 +96,13 @@ class _OpenVinoSession:
         self._static_after = static_after
         try:
             self._model = self._core.read_model(str(path))
-            # Compiled now, so a device or model problem shows at start, not on the first frame.
-            self._dynamic = None if static_after <= 1 else self._compile(self._model)
+            # Compiled now, so a device or model problem shows at start, not on the first frame; a
+            # stream, which will not use the free-size compile, checks on a small fixed one it drops.
+            self._dynamic = self._compile(self._model) if static_after > 1 else None
+            if self._dynamic is None:
+                probe = self._model.clone()
+                probe.reshape([1, 3, STRIDE, STRIDE])
+                self._compile(probe)
         except Exception as exc:
             raise ModelError(f"OpenVINO could not load {path} on {device}: {exc}") from exc
         self._static: dict[tuple, object] = {}
@@ -265,7 +268,7 @@ class FaceDetector:
 
 
 def _detections(boxes, scores, marks, angle: int) -> list[Detection]:
-    return [Detection(b.astype(np.float32), float(s), m.astype(np.float32), angle, up=_up(m, b, angle))
+    return [Detection(b.astype(np.float32), float(s), m.astype(np.float32), up=_up(m, b, angle))
             for b, s, m in zip(boxes, scores, marks)]
 
 

@@ -244,14 +244,14 @@ class FaceAnalyzer:
             return None
         s = ROI_SIZE / side
         rot = _upright_rotation(det.up)
-        turned = bool(rot[0, 1])
+        upright = rot[0, 0] == 1  # the crop is not turned
         m = np.zeros((2, 3), np.float64)
         m[:, :2] = s * rot
         m[:, 2] = ROI_SIZE / 2 - m[:, :2] @ det.centre.astype(np.float64)
         crop = cv2.warpAffine(rgb, m.astype(np.float32), (ROI_SIZE, ROI_SIZE), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT)
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=crop)
-        slot = self._roi_slot(box) if ts is not None and not turned and rot[0, 0] > 0 else None
+        slot = self._roi_slot(box) if ts is not None and upright else None
         found = _faces_from_raw(slot.read(image, ts) if slot else self._roi_read(image), ROI_SIZE, ROI_SIZE)
         if not found:
             return None
@@ -259,7 +259,7 @@ class FaceAnalyzer:
         lm = face.landmarks.astype(np.float64)
         xy = (lm[:, :2] - m[:, 2]) @ rot / s  # back to frame pixels (rot is orthonormal)
         face.landmarks = np.concatenate([xy, lm[:, 2:] / s], 1).astype(np.float32)
-        if face.transform is not None and rot[0, 0] < 1:
+        if face.transform is not None and not upright:
             face.transform = _turn_transform(face.transform, rot)
         return face
 

@@ -4,8 +4,8 @@ The guard receives everything analysis found -- the faces with a fitted mesh and
 face detector reported -- and the synthesis jobs for the meshed faces. It pastes the synthetic
 faces (:func:`agent.compose.compose`), then checks each detector box: a box whose inner ellipse the
 synthetic face covers is replaced; any other is *covered*: its head filled with one flat colour, the
-mean of its outer ring (no blur: nothing of the person survives). So a face is never dropped, never passed
-raw: a face over ``max_faces``, too small, turned, or whose mesh landed beside it is covered.
+mean of its outer ring (no blur: nothing of the person survives). So a face is never dropped, never
+passed raw: a face over ``max_faces``, too small, turned, or whose mesh landed beside it is covered.
 
 Only :func:`seal` and :func:`mask_everything` make an :class:`AnonymizedFrame`, and publishing and
 writing accept nothing else. ``seal`` refuses an analysis made for another frame or jobs that are

@@ -74,12 +74,15 @@ def _tiff_orientation(tiff: bytes) -> int:
 
 def upright(img: np.ndarray, orientation: int) -> np.ndarray:
     """Apply an EXIF orientation to pixels as stored (what a viewer does before showing them)."""
-    if orientation in (5, 6, 7, 8):
-        img = {5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
-               8: lambda a: np.rot90(a, 1)}[orientation](img)
-    elif orientation in (2, 3, 4):
-        img = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1]}[orientation](img)
-    return np.ascontiguousarray(img)
+    turn = _ORIENTATIONS.get(orientation)
+    return img if turn is None else np.ascontiguousarray(turn(img))
+
+
+_ORIENTATIONS = {  # EXIF Orientation -> how a viewer turns the stored rows and columns
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
 
 
 def to_rgb(img: np.ndarray) -> np.ndarray:
