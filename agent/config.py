@@ -1,6 +1,9 @@
-"""Configuration schema: one pydantic model per section, unknown keys rejected.
+"""The user configuration: one pydantic model per section, unknown keys rejected.
 
-``config/agent.yaml`` is the documented default; every field here has the same default.
+``config/agent.yaml`` is the documented default; every field here has the same default, and
+docs/configuration.md is generated from these models (``python -m tools.config_reference``).
+What belongs to a model (which generator draws which emotion, texture gain, bank sizes, feather,
+detector thresholds) is not here: it lives in the models' manifest (agent/runtime/manifest.py).
 """
 
 from __future__ import annotations
@@ -9,107 +12,70 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from .errors import ConfigError
+from agent.errors import ConfigError
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-Emotion = Literal["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
-# Campaign step 6 (models/MODEL_CARD.md): the photo-trained generator renders happy and neutral faces
-# best, the one fine-tuned on FER2013's expressions all the others.
-DEFAULT_GENERATOR_BY_EMOTION: dict[str, str] = {
-    "happy": "generator-calm.int8", "neutral": "generator-calm.int8",
-    **{e: "generator-expressive.int8" for e in ("angry", "disgust", "fear", "sad", "surprise")},
-}
+class InferenceConfig(Section):
+    """Where the models run: one runtime and device for the detector, the generators and the classifier."""
+
+    backend: Literal["openvino", "onnxruntime", "auto"] = Field(
+        "auto", description="auto: OpenVINO when installed (pip install 'anoncam[openvino]'), else ONNX Runtime")
+    device: str = Field("CPU", description="OpenVINO device: CPU, GPU or NPU (ONNX Runtime runs on the CPU)")
+    threads: int = Field(0, ge=0, le=256, description="inference threads; 0: half the cores in `anoncam run` (analysis "
+                                                      "and synthesis run side by side), the runtime's choice elsewhere")
+    models_dir: Path | None = Field(None, description="folder with SHA256SUMS, manifest.yaml and the models; "
+                                                      "unset: the installed models")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str):
+        if v.split(".")[0].split(":")[0].upper() not in ("CPU", "GPU", "NPU", "AUTO", "HETERO", "MULTI"):
+            raise ValueError("must be an OpenVINO device: CPU, GPU, GPU.1, NPU or AUTO")
+        return v
 
 
 class AnonymizerConfig(Section):
-    """Face analysis, synthesis and paste-back (shared by stills and streams)."""
+    """What each face gets: up to max_faces are synthesized, every other face found is covered."""
 
-    backend: Literal["openvino", "onnxruntime", "auto"] = "auto"
-    device: str = Field("CPU", description="OpenVINO device: CPU, GPU, NPU (ignored by onnxruntime)")
-    threads: int = Field(0, ge=0, description="inference threads; 0: half the cores in `anoncam run` (analysis and "
-                                              "synthesis run side by side), the runtime's choice elsewhere")
-    generator: str = Field("generator.int8", description="generator model base name in the models folder: the one "
-                           "for every face when generator_by_emotion is {}, and for the emotions it does not list")
-    generator_by_emotion: dict[Emotion, str] = Field(
-        default_factory=lambda: dict(DEFAULT_GENERATOR_BY_EMOTION),
-        description="draw each face with the generator named for its emotion (the emotion classifier on the real "
-        "face; a face it cannot read is drawn as a neutral one); {} = `generator` for every face",
-    )
-    emotion_classifier: str = Field("emotion.int8", description="with generator_by_emotion or expression_texture: "
-                                    "the classifier model base name (the metadata stage's)")
-    expression_texture: float = Field(
-        1.0, ge=0, le=3,
-        description="add the shading of the emotion each face is drawn as (furrowed brows, raised cheeks: "
-        "models/expression_texture.npz) to its synthetic face, this many times the fitted strength; 0 = off",
-    )
-    max_faces: int = Field(8, ge=1, le=64, description="faces synthesized per frame, largest first; the others are covered")
-    min_detection_confidence: float = Field(0.5, gt=0, lt=1)
-    detection_threshold: float = Field(
-        0.1, gt=0, lt=1, description="face detector score from which a box is a face (boxes under 20 px: 0.06); "
-        "lower finds more faces and covers more background"
-    )
+    max_faces: int = Field(8, ge=1, le=64, description="faces synthesized per frame, largest first; the others are "
+                                                       "covered (their head filled with one colour)")
     detection_scale: float = Field(
         1.0, gt=0.1, le=1, description="run the face detector on the frame scaled by this: 1 finds faces from ~8 px; "
-        "0.5 takes a quarter of the time and finds them from ~16 px (for a slow device; see README, Performance)"
-    )
+        "0.5 takes a quarter of the time and finds them from ~16 px")
     detect_rotated: bool = Field(True, description="also find faces upside down or on their side (the frame turned "
                                                    "90/180/270 degrees, at a third of its size: faces from ~40 px)")
-    min_mesh_size: float = Field(64, ge=0, description="faces smaller than this (px) are covered, not synthesized")
-    max_analysis_side: int = Field(1920, ge=256, description="larger frames are downscaled for analysis only")
-    identity_normalization: float = Field(
-        1.0, ge=0, le=1,
-        description="condition the generator on an average face shape with the person's expression and pose "
-        "(1), their own landmarks (0), or a blend; face shape identifies people",
-    )
-    identity_variation: float = Field(
-        0.0, ge=0, le=2,
-        description="with identity_normalization: draw each face (each tracked person in streams) on a random "
-        "other face shape instead of the one average shape, this many standard deviations of the training faces' "
-        "shape variation; 0 = the average shape",
-    )
-    expression_neighbours: int = Field(
-        4, ge=0, le=64,
-        description="with identity_normalization: draw the mean of this many nearest expressions of other people "
-        "(models/expression_bank.npz) instead of the person's own blendshapes, which identify them too; 0 = their own",
-    )
-    seed: int | None = Field(None, description="random seed for identity_variation; unset: different on every start")
-    regenerate_every: int = Field(
-        3, ge=1, le=10,
-        description="streams: make each tracked face's synthetic face anew at least every N frames and re-fit the "
-        "last one to its current landmarks in between (position and outline follow every frame; expression may lag "
-        "N-1 frames); 1 = every frame",
-    )
-    tone_match: Literal["none", "luminance"] = Field(
-        "luminance", description="scale the synthetic face's brightness to the scene (never its colour)"
-    )
-    feather: float = Field(0.06, ge=0, le=0.3, description="mask edge softness, as a fraction of the face size")
-    surround: float = Field(
-        0.0, ge=0, le=1.5,
-        description="also blur the hair, ears and head outline around each face, out to its oval grown by this "
-        "fraction (0.5: half a face further); 0 = off",
-    )
-    models_dir: Path | None = Field(None, description="folder with SHA256SUMS and the model files")
+
+
+class ExpressionConfig(Section):
+    """Per-face expression metadata published with every frame."""
+
+    enabled: bool = Field(True, description="publish each face's emotion, blendshapes and head pose; off: box, "
+                                            "track and head pose only (the classifier still picks each face's generator)")
+    smoothing: float = Field(0.0, ge=0, lt=1, description="streams: per-track moving average of emotion scores and "
+                                                          "head pose; the weight of the history (0 off, 0.9 heavy)")
 
 
 class CaptureConfig(Section):
-    """Where frames come from (see agent/capture.py for the URI forms)."""
+    """Where frames come from (agent/io/capture.py lists the URI forms)."""
 
     source: str = Field("/dev/video0", description="/dev/videoN, a V4L2 index, a video file, rtsp://, http(s):// MJPEG")
-    width: int = Field(0, ge=0, description="requested width; 0 keeps the source's own")
-    height: int = Field(0, ge=0, description="requested height; 0 keeps the source's own")
+    width: int = Field(0, ge=0, le=16384, description="requested width; 0 keeps the source's own")
+    height: int = Field(0, ge=0, le=16384, description="requested height; 0 keeps the source's own")
     fps: float = Field(0, ge=0, le=240, description="requested camera rate, or the playback rate of a file; 0 = native")
-    loop: bool = Field(False, description="files only: start again at the end instead of exiting")
-    realtime: bool = Field(True, description="files only: play at the file's frame rate, dropping frames like a camera "
-                                             "(false: hand over every frame, for benchmarks)")
-    reconnect_min_s: float = Field(0.5, gt=0, le=60)
-    reconnect_max_s: float = Field(10.0, gt=0, le=600)
-    read_timeout_s: float = Field(5.0, gt=0, le=120, description="a live source silent this long is reopened")
+    loop: bool = Field(False, description="files: start again at the end instead of exiting")
 
 
 class TlsConfig(Section):
@@ -117,7 +83,6 @@ class TlsConfig(Section):
     ca_file: Path | None = Field(None, description="CA bundle for the broker's certificate; None = system CAs")
     cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
     key_file: Path | None = Field(None, description="client private key (mutual TLS)")
-    insecure: bool = Field(False, description="skip the broker hostname check (testing only)")
 
     @model_validator(mode="after")
     def _pair(self):
@@ -131,19 +96,15 @@ class MqttConfig(Section):
     port: int = Field(1883, ge=1, le=65535)
     prefix: str = Field("anoncam", description="topics are <prefix>/<camera>/frame|meta|availability|stats")
     camera: str = Field("camera", description="this camera's name in the topics")
-    client_id: str = Field("", description="empty: anoncam-<camera>")
-    protocol: Literal["auto", "5", "3.1.1"] = Field("auto", description="auto: MQTT 5, falling back to 3.1.1 if refused")
-    keepalive: int = Field(30, ge=5, le=3600)
+    keepalive: int = Field(30, ge=5, le=3600, description="seconds; the broker publishes 'offline' ~1.5x this "
+                                                         "after the agent is lost")
     username: str | None = None
     password_file: Path | None = Field(None, description="file holding the password (first line)")
     password_credential: str | None = Field(None, description="systemd credential name, read from $CREDENTIALS_DIRECTORY")
     tls: TlsConfig = TlsConfig()
     buffer_frames: int = Field(30, ge=1, le=10000, description="frames kept while the broker is away; oldest dropped")
-    frame_expiry_s: int = Field(5, ge=1, le=3600, description="MQTT 5 message expiry of frames; older buffered frames are dropped")
     jpeg_quality: int = Field(85, ge=10, le=100)
     publish_frames: bool = Field(True, description="false: metadata only")
-    reconnect_min_s: float = Field(0.5, gt=0, le=60)
-    reconnect_max_s: float = Field(30.0, gt=0, le=600)
 
     @model_validator(mode="before")
     @classmethod
@@ -153,70 +114,59 @@ class MqttConfig(Section):
                              "service and set password_file, or pass a systemd credential and set password_credential")
         return data
 
-    @field_validator("prefix", "camera")
+    @field_validator("prefix")
     @classmethod
-    def _topic_level(cls, v: str):
+    def _topic_prefix(cls, v: str):
         if not v or any(c in v for c in "#+\0") or v.startswith("/") or v.endswith("/"):
             raise ValueError("must be a non-empty MQTT topic without wildcards (#, +) or leading/trailing '/'")
         return v
 
-
-class SmoothingConfig(Section):
-    """One-Euro filter on landmarks, per track (Casiez et al. 2012)."""
-
-    enabled: bool = True
-    min_cutoff: float = Field(1.5, gt=0, description="Hz; lower = steadier still faces")
-    beta: float = Field(0.01, ge=0, description="speed coefficient; higher = less lag when moving")
-    max_offset: float = Field(0.02, ge=0, le=0.1, description="cap on smoothed-vs-detected shift, as a fraction of face "
-                                                              "size, so the pasted face never lags off the real one")
+    @field_validator("camera")
+    @classmethod
+    def _topic_level(cls, v: str):
+        if not v or any(c in v for c in "/#+\0"):
+            raise ValueError("must be one MQTT topic level: not empty, without '/', '#' or '+'")
+        return v
 
 
 class PolicyConfig(Section):
     """The fail-closed rules for frames that could not be fully anonymized."""
 
-    on_failure: Literal["drop", "mask"] = Field("drop", description="drop the frame, or publish it fully masked")
-    frame_budget_ms: float = Field(1000, gt=0, description="analysis + synthesis slower than this fails the frame")
-    hold_ms: float = Field(500, ge=0, le=10000, description="keep anonymizing a lost face at its last place this long")
-    iou_threshold: float = Field(0.3, gt=0, lt=1, description="box overlap that continues a track")
-    smoothing: SmoothingConfig = SmoothingConfig()
+    on_failure: Literal["drop", "mask"] = Field("drop", description="analysis or synthesis error, or over budget: drop "
+                                                                    "the frame, or publish it all grey")
+    frame_budget_ms: float = Field(1000, gt=0, le=60000, description="analysis + synthesis slower than this fails the "
+                                                                      "frame")
+    hold_ms: float = Field(500, ge=0, le=10000, description="keep covering a face the detector lost at its last place "
+                                                            "this long")
 
 
 class StatsConfig(Section):
-    interval_s: float = Field(10, ge=0.5, le=3600, description="how often the stats topic is published")
+    interval_s: float = Field(10, ge=0.5, le=3600, description="how often <prefix>/<camera>/stats is published")
 
 
-class ServiceConfig(Section):
-    watchdog_stall_s: float = Field(5, gt=0, le=600, description="stop watchdog pings when no frame came this long")
+class ExperimentalConfig(Section):
+    """Settings that deliberately weaken anonymity, for research. Each one in use is logged as a
+    warning at start and listed in the stats (``experimental``)."""
 
+    own_landmarks: bool = Field(False, description="condition the generator on the person's own landmarks and "
+                                "blendshapes instead of an average face shape with pooled expressions; face shape and "
+                                "expression manner identify people")
+    raw_blendshapes: bool = Field(False, description="publish each person's own blendshapes instead of the mean of "
+                                  "the nearest expressions of other people; they identify people too")
 
-class ExpressionConfig(Section):
-    """Per-face expression metadata: emotion classifier, blendshapes, head pose (agent.expression)."""
-
-    enabled: bool = Field(True, description="compute and publish expression metadata for every face")
-    backend: Literal["openvino", "onnxruntime", "auto"] = "auto"
-    device: str = Field("CPU", description="OpenVINO device: CPU, GPU, NPU (ignored by onnxruntime)")
-    threads: int = Field(0, ge=0, description="inference threads; 0: half the cores in `anoncam run` (analysis and "
-                                              "synthesis run side by side), the runtime's choice elsewhere")
-    classifier: str = Field("emotion.int8", description="emotion CNN base name in the models folder")
-    flip_tta: bool = Field(True, description="average the classifier over the face and its mirror image")
-    blendshapes: Literal["pooled", "raw"] = Field(
-        "pooled", description="blendshapes published per face: 'pooled', the mean of the nearest expressions of other "
-        "people (models/expression_bank.npz), or 'raw', the person's own, which also identify them")
-    blendshape_neighbours: int = Field(4, ge=1, le=64, description="expressions averaged when blendshapes: pooled")
-    check_anonymized: bool = Field(True, description="classify each synthetic face too and report expression_kept")
-    smoothing: float = Field(0.0, ge=0, lt=1, description="streams: per-track EMA of emotion scores and head pose; the "
-                                                          "weight of the history (0 off, 0.6 moderate, 0.9 heavy)")
-    models_dir: Path | None = Field(None, description="folder with SHA256SUMS and the model files")
+    def in_use(self) -> list[str]:
+        return [name for name, value in self if value]
 
 
 class Config(Section):
+    inference: InferenceConfig = InferenceConfig()
     anonymizer: AnonymizerConfig = AnonymizerConfig()
     expression: ExpressionConfig = ExpressionConfig()
     capture: CaptureConfig = CaptureConfig()
     mqtt: MqttConfig = MqttConfig()
     policy: PolicyConfig = PolicyConfig()
     stats: StatsConfig = StatsConfig()
-    service: ServiceConfig = ServiceConfig()
+    experimental: ExperimentalConfig = ExperimentalConfig()
 
 
 def load_config(path: str | Path | None, cls=Config):
@@ -238,7 +188,7 @@ def load_config(path: str | Path | None, cls=Config):
         lines = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"])
-            msg = "unknown key (check spelling; see config/agent.yaml)" if err["type"] == "extra_forbidden" else err["msg"]
+            msg = "unknown key (check spelling; see docs/configuration.md)" if err["type"] == "extra_forbidden" else err["msg"]
             lines.append(f"  {where}: {msg}")
         raise ConfigError(f"{path} is invalid:\n" + "\n".join(lines)) from None
 
@@ -253,3 +203,34 @@ def with_flags(section: Section, **flags) -> Section:
         err = exc.errors()[0]
         flag = "--" + str(err["loc"][0]).replace("_", "-")
         raise ConfigError(f"{flag}: {err['msg']}") from None
+
+
+def command_config(path: Path | None, backend: str | None = None, device: str | None = None,
+                   max_faces: int | None = None) -> Config:
+    """The config file (or the defaults) with the flags a command was given, validated like the file."""
+    cfg = load_config(path)
+    return cfg.model_copy(update={
+        "inference": with_flags(cfg.inference, backend=backend, device=device),
+        "anonymizer": with_flags(cfg.anonymizer, max_faces=max_faces),
+    })
+
+
+def parse_broker(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``HOST`` or ``[IPv6]:PORT``."""
+    host, port = text.strip(), None
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0:
+            raise ConfigError(f"--broker {text!r}: missing ']' after the IPv6 address")
+        host, rest = host[1:end], host[end + 1:]
+        if rest.startswith(":"):
+            port = rest[1:]
+    elif host.count(":") == 1:
+        host, port = host.split(":")
+    if not host:
+        raise ConfigError(f"--broker {text!r}: give HOST:PORT, e.g. localhost:1883")
+    if port is None:
+        return host, 1883
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--broker {text!r}: port must be a number from 1 to 65535")
+    return host, int(port)

@@ -1,10 +1,10 @@
-"""The face pipeline: analyse -> synthesize -> seal (agent.guard).
+"""The face pipeline: analyse -> synthesize -> seal (agent.composition.guard).
 
-A frame leaves only as an :class:`~agent.guard.AnonymizedFrame`, which only the guard makes: every
+A frame leaves only as an :class:`~agent.composition.guard.AnonymizedFrame`, which only the guard makes: every
 face analysis found is replaced or covered there. Faces that cannot be aligned or synthesized are
 masked. If analysis itself fails there is no AnonymizedFrame for that frame at all: the caller gets
 an :class:`AnalysisFailed` and decides between dropping the frame and publishing
-:func:`~agent.guard.mask_everything` of it.
+:func:`~agent.composition.guard.mask_everything` of it.
 """
 
 from __future__ import annotations
@@ -16,17 +16,21 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .backends import create_backend
-from .config import AnonymizerConfig, ExpressionConfig
-from .detector import FaceDetector
-from .errors import AnoncamError
-from .expression import EMOTIONS, EmotionClassifier
-from .faces import Analysis, Face, FaceAnalyzer
-from .guard import AnonymizedFrame, seal
-from .images import to_rgb8
-from .shape import ShapeNormalizer
-from .synthesis import EmotionRouter, FaceJob, Synthesizer
-from .texture import ExpressionTexture
+from agent.composition.guard import AnonymizedFrame, seal
+from agent.config import Config
+from agent.detection.detector import FaceDetector
+from agent.detection.landmarks import FaceAnalyzer
+from agent.errors import AnoncamError
+from agent.expression.bank import ExpressionBank
+from agent.expression.classifier import EmotionClassifier
+from agent.io.images import to_rgb8
+from agent.runtime.backends import create_backend
+from agent.runtime.manifest import Manifest, load_manifest
+from agent.synthesis.router import EmotionRouter
+from agent.synthesis.shape import ShapeNormalizer
+from agent.synthesis.synthesizer import Synthesizer
+from agent.synthesis.texture import ExpressionTexture
+from agent.types import Analysis, Face, FaceJob
 
 log = logging.getLogger(__name__)
 
@@ -50,45 +54,29 @@ class Result:
 class Anonymizer:
     """Stills (``mode="image"``) or streams (``mode="video"``, tracking between frames)."""
 
-    def __init__(self, cfg: AnonymizerConfig | None = None, mode: str = "image",
-                 emotion_classifier: EmotionClassifier | None = None):
+    def __init__(self, cfg: Config | None = None, mode: str = "image",
+                 emotion_classifier: EmotionClassifier | None = None, manifest: Manifest | None = None):
         """``emotion_classifier``: the metadata stage's classifier, shared by the generator router
-        (then each face is classified once per frame); by default the router loads its own."""
-        self.cfg = cfg = cfg or AnonymizerConfig()
+        (then each face is classified once per frame); by default the router loads its own.
+        ``manifest``: the models and their settings (default: the models folder's own)."""
+        self.cfg = cfg = cfg or Config()
+        inference = cfg.inference
+        self.manifest = manifest = manifest or load_manifest(inference.models_dir)
+        folder = manifest.folder
         # Streams skip the mirrored pass and turn the frame every third one only: there a face found
         # stays covered for hold_ms after it is lost, and the time goes to the frame rate.
         stills = mode == "image"
-        detector = FaceDetector(cfg.backend, cfg.detection_threshold,
-                                rotations=(90, 180, 270) if cfg.detect_rotated else (),
-                                flip=stills, turn_every=1 if stills else STREAM_TURN_EVERY, scale=cfg.detection_scale,
-                                models_dir=cfg.models_dir, device=cfg.device, threads=cfg.threads)
+        detector = FaceDetector(inference, manifest.detector,
+                                rotations=(90, 180, 270) if cfg.anonymizer.detect_rotated else (),
+                                flip=stills, turn_every=1 if stills else STREAM_TURN_EVERY,
+                                scale=cfg.anonymizer.detection_scale)
         self.analyzer = FaceAnalyzer(
-            max_faces=cfg.max_faces, mode=mode, min_detection_confidence=cfg.min_detection_confidence,
-            model_folder=cfg.models_dir, detector=detector, min_mesh_size=cfg.min_mesh_size,
+            max_faces=cfg.anonymizer.max_faces, mode=mode,
+            min_detection_confidence=manifest.landmarker.min_detection_confidence, model_folder=folder,
+            detector=detector, min_mesh_size=manifest.detector.min_mesh_size, file=manifest.landmarker.file,
         )
-        routes = cfg.generator_by_emotion
-        # Faces whose emotion cannot be read are drawn as neutral ones; `generator` is loaded only if
-        # some emotion has no generator of its own (or routing is off).
-        default = routes.get("neutral", cfg.generator)
-        names = set(routes.values()) | ({cfg.generator} if set(EMOTIONS) - set(routes) else set())
-        generators = {n: create_backend(cfg.backend, n, cfg.models_dir, cfg.device, cfg.threads) for n in sorted(names)}
-        self.backend = generators[default]
-        router = texture = None
-        if routes or cfg.expression_texture > 0:
-            # The texture needs the emotion as much as the routes do: without routes the router
-            # only reads it, and every face goes to `generator`.
-            classifier = emotion_classifier or EmotionClassifier(ExpressionConfig(
-                backend=cfg.backend, device=cfg.device, threads=cfg.threads, classifier=cfg.emotion_classifier,
-                models_dir=cfg.models_dir))
-            router = EmotionRouter(classifier, routes, default=cfg.generator)
-        if cfg.expression_texture > 0:
-            texture = ExpressionTexture(cfg.models_dir)
-        shape = (ShapeNormalizer(cfg.identity_normalization, cfg.models_dir, cfg.expression_neighbours)
-                 if cfg.identity_normalization > 0 else None)
-        self.synthesizer = Synthesizer(self.backend, shape=shape, regenerate_every=cfg.regenerate_every,
-                                       identity_variation=cfg.identity_variation, seed=cfg.seed,
-                                       generators=generators if routes else {}, router=router,
-                                       texture=texture, texture_strength=cfg.expression_texture)
+        self.synthesizer = _synthesizer(cfg, manifest, emotion_classifier)
+        self.backend = self.synthesizer.backend
 
     def analyze(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> list[Face]:
         """All faces with landmarks in ``rgb`` (any bit depth), in full-resolution pixel coordinates."""
@@ -98,7 +86,7 @@ class Anonymizer:
         """Everything found in ``rgb`` (any bit depth), in full-resolution pixels."""
         rgb8 = to_rgb8(rgb)
         h, w = rgb8.shape[:2]
-        scale = min(1.0, self.cfg.max_analysis_side / max(h, w))
+        scale = min(1.0, self.manifest.landmarker.max_analysis_side / max(h, w))
         small = rgb8 if scale == 1.0 else cv2.resize(rgb8, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
         try:
             analysis = self.analyzer.detect_all(small, timestamp_ms)
@@ -119,7 +107,8 @@ class Anonymizer:
         t1 = time.perf_counter()
         self.synthesizer.run([j for j in jobs if j.error is None], to_rgb8(rgb) if self.router is not None else None)
         t2 = time.perf_counter()
-        frame = seal(rgb, analysis, jobs, self.cfg.feather, self.cfg.tone_match, self.cfg.surround)
+        g = self.manifest.generator
+        frame = seal(rgb, analysis, jobs, g.feather, g.tone_match, g.surround)
         t3 = time.perf_counter()
         routing = self.synthesizer.routing_ms
         return frame, jobs, {"align_ms": (t1 - t0) * 1e3, "routing_ms": routing,
@@ -139,6 +128,31 @@ class Anonymizer:
 
     def close(self):
         self.analyzer.close()
+
+
+def _synthesizer(cfg: Config, manifest: Manifest, classifier: EmotionClassifier | None) -> Synthesizer:
+    inference, spec, folder = cfg.inference, manifest.generator, manifest.folder
+    routes = spec.by_emotion
+    # Faces whose emotion cannot be read are drawn as neutral ones; the default generator is
+    # loaded only if some emotion has no generator of its own (or routing is off).
+    default = routes.get("neutral", spec.default)
+    generators = {n: create_backend(inference.backend, n, folder, inference.device, inference.threads)
+                  for n in sorted(spec.names())}
+    router = texture = None
+    if routes or spec.texture_gain > 0:
+        # The texture needs the emotion as much as the routes do: without routes the router only
+        # reads it, and every face goes to the default generator.
+        classifier = classifier or EmotionClassifier(inference, manifest.emotion.classifier, manifest.emotion.flip_tta)
+        router = EmotionRouter(classifier, routes, default=spec.default)
+    if spec.texture_gain > 0:
+        texture = ExpressionTexture(folder, spec.texture)
+    shape = None
+    if spec.identity_normalization > 0 and not cfg.experimental.own_landmarks:
+        shape = ShapeNormalizer(spec.identity_normalization, folder, spec.expression_neighbours, spec.shape_model,
+                                ExpressionBank(folder, manifest.emotion.bank) if spec.expression_neighbours else None)
+    return Synthesizer(generators[default], shape=shape, regenerate_every=spec.regenerate_every,
+                       identity_variation=spec.identity_variation, generators=generators if routes else {},
+                       router=router, texture=texture, texture_strength=spec.texture_gain)
 
 
 def _hull_job(face: Face, exc: Exception) -> FaceJob:

@@ -220,7 +220,7 @@ def oval_diff(published_bgr: np.ndarray, source_bgr: np.ndarray, mask: np.ndarra
 
 
 def agent_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "agent.cli", *args]
+    return [sys.executable, "-m", "agent.commands.cli", *args]
 
 
 def agent_env() -> dict:
@@ -318,7 +318,7 @@ class MjpegServer:
     """An HTTP MJPEG camera (multipart/x-mixed-replace), as many IP cameras serve; can be cut and restarted."""
 
     def __init__(self, frames: list[np.ndarray], fps: float = 15.0, port: int | None = None):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         self.jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in frames]
         self.fps = fps

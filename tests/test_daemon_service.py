@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.service import Notifier
+from agent.service.systemd import Notifier
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "anoncam.service"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -71,7 +71,7 @@ def test_unit_file_declares_notify_watchdog_and_camera_access():
 def test_unit_verifies_and_scores_at_most_2(tmp_path):
     # verify checks that ExecStart exists: point it at this interpreter, keep everything else.
     unit = tmp_path / "anoncam.service"
-    unit.write_text(UNIT.read_text().replace("/opt/anoncam/bin/anoncam", f"{sys.executable} -m agent.cli"))
+    unit.write_text(UNIT.read_text().replace("/opt/anoncam/bin/anoncam", f"{sys.executable} -m agent.commands.cli"))
     verify = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", str(unit)], capture_output=True, text=True)
     assert verify.returncode == 0, verify.stderr
     assert "anoncam.service" not in verify.stderr, verify.stderr  # no warnings about our unit
@@ -90,9 +90,11 @@ def test_watchdog_pings_stop_when_the_camera_stops_delivering(mosquitto, astrona
     import threading
     import time
 
-    from agent.capture import Capture
     from agent.config import Config
-    from agent.daemon import Agent
+    from agent.io.capture import Capture
+    from agent.io.retry import Backoff
+    from agent.service import agent as service
+    from agent.service.agent import Agent, Parts
     from tests.daemon_helpers import read_frames, wait_for
 
     frames = read_frames(astronaut_clip)[:12]
@@ -114,21 +116,21 @@ def test_watchdog_pings_stop_when_the_camera_stops_delivering(mosquitto, astrona
         def get(self, prop):
             return 0.0
 
-    class StallingCameraAgent(Agent):
-        def _new_capture(self):
-            return Capture(self.cfg.capture, opener=lambda source, cfg: Camera())
+    parts = Parts(capture=lambda cfg: Capture(cfg.capture, opener=lambda source, cfg: Camera(),
+                                              backoff=Backoff(0.05, 0.2)))
 
     sock = _receiver(str(tmp_path / "notify"))
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
     monkeypatch.setenv("WATCHDOG_USEC", "400000")  # pings every 0.2 s while healthy
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     stall_s = 1.0
+    monkeypatch.setattr(service, "WATCHDOG_STALL_S", stall_s)
     cfg = Config.model_validate({
-        "capture": {"source": "/dev/video0", "reconnect_min_s": 0.05, "reconnect_max_s": 0.2},
+        "capture": {"source": "/dev/video0"},
         "mqtt": {"host": "127.0.0.1", "port": mosquitto.port, "prefix": "test", "camera": "wd"},
-        "expression": {"enabled": False}, "service": {"watchdog_stall_s": stall_s},
+        "expression": {"enabled": False},
     })
-    agent = StallingCameraAgent(cfg)
+    agent = Agent(cfg, parts=parts)
     runner = threading.Thread(target=agent.run, daemon=True)
     pings: list[float] = []
     sock.settimeout(0.05)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.detector import Detection
-
-from agent.config import PolicyConfig
-from agent.faces import Face
-from agent.tracking import Tracker, iou
+from agent.detection.tracking import Tracker
+from agent.runtime.manifest import TrackingSpec
+from agent.types import Detection, Face, iou
 
 
 def face_at(cx, cy, size=100.0, seed=None, jitter=0.0):
@@ -28,7 +26,7 @@ def test_iou():
 
 
 def test_ids_follow_faces_and_new_faces_get_new_ids():
-    tr = Tracker(PolicyConfig(hold_ms=0))
+    tr = Tracker(hold_ms=0)
     out, _ = tr.update([face_at(100, 100), face_at(400, 100)], 0.0)
     assert [f.track_id for f in out] == [1, 2]
     # Both move a little, listed in the other order: ids follow the boxes, not the list order.
@@ -39,7 +37,7 @@ def test_ids_follow_faces_and_new_faces_get_new_ids():
 
 
 def test_hold_keeps_a_lost_face_at_its_last_place_then_lets_go():
-    tr = Tracker(PolicyConfig(hold_ms=300))
+    tr = Tracker(hold_ms=300)
     first, _ = tr.update([face_at(200, 200)], 0.0)
     out, held = tr.update([], 0.2)
     assert held == 1 and out[0].track_id == 1 and out[0].extra["held"]
@@ -49,7 +47,7 @@ def test_hold_keeps_a_lost_face_at_its_last_place_then_lets_go():
     out, held = tr.update([], 0.4)
     assert held == 0 and out == []
     # Re-found within the hold: same id, not held any more.
-    tr = Tracker(PolicyConfig(hold_ms=300))
+    tr = Tracker(hold_ms=300)
     tr.update([face_at(200, 200)], 0.0)
     tr.update([], 0.1)
     out, held = tr.update([face_at(203, 200)], 0.2)
@@ -57,8 +55,8 @@ def test_hold_keeps_a_lost_face_at_its_last_place_then_lets_go():
 
 
 def test_smoothing_reduces_jitter_and_never_lags_past_the_cap():
-    policy = PolicyConfig()
-    tr = Tracker(policy)
+    spec = TrackingSpec()
+    tr = Tracker(spec=spec)
     raw_steps, smooth_steps = [], []
     prev_raw = prev_s = None
     for i in range(60):
@@ -71,16 +69,16 @@ def test_smoothing_reduces_jitter_and_never_lags_past_the_cap():
     assert np.mean(smooth_steps) < 0.5 * np.mean(raw_steps), "still faces should shimmer much less"
 
     # A fast move: smoothed landmarks stay within max_offset x face size of the detected ones.
-    tr = Tracker(policy)
+    tr = Tracker(spec=spec)
     for i in range(10):
         f = face_at(100 + 40 * i, 200)
         (s,), _ = tr.update([f], i / 15)
         lag = np.linalg.norm(s.landmarks[:, :2] - f.landmarks[:, :2], axis=1).max()
-        assert lag <= policy.smoothing.max_offset * f.size + 1e-3
+        assert lag <= spec.smoothing.max_offset * f.size + 1e-3
 
 
 def test_smoothing_off_passes_landmarks_through():
-    tr = Tracker(PolicyConfig(smoothing={"enabled": False}))
+    tr = Tracker(spec=TrackingSpec(smoothing={"enabled": False}))
     f = face_at(300, 200, seed=3, jitter=2)
     tr.update([face_at(300, 200)], 0.0)
     (s,), _ = tr.update([f], 0.066)
@@ -92,7 +90,7 @@ def detection(x0, y0, x1, y1):
 
 
 def test_detector_boxes_are_held_too():
-    tr = Tracker(PolicyConfig(hold_ms=300))
+    tr = Tracker(hold_ms=300)
     boxes, held = tr.update_detections([detection(10, 10, 30, 30)], 0.0)
     assert len(boxes) == 1 and held == 0 and not boxes[0].held
     boxes, held = tr.update_detections([], 0.2)

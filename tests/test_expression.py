@@ -15,14 +15,23 @@ import cv2
 import jsonschema
 import numpy as np
 import pytest
+from configs import config, manifest
 from skimage import data
 
 from agent.config import Config, ExpressionConfig, load_config
+from agent.detection.landmarks import FaceAnalyzer
 from agent.errors import ConfigError, ModelError
-from agent.expression import (BLENDSHAPE_NAMES, CROP_SIZE, EMOTIONS, META_SCHEMA, BlendshapeReport,
-                              EmotionClassifier, ExpressionAnalyzer, TrackSmoother, grey_crop, schema)
-from agent.shape import ExpressionBank
-from agent.faces import FaceAnalyzer
+from agent.expression.bank import ExpressionBank
+from agent.expression.classifier import CROP_SIZE, EmotionClassifier, grey_crop
+from agent.expression.metadata import (
+    META_SCHEMA,
+    BlendshapeReport,
+    ExpressionAnalyzer,
+    schema,
+)
+from agent.expression.smoothing import TrackSmoother
+from agent.types import BLENDSHAPES as BLENDSHAPE_NAMES
+from agent.types import EMOTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 VALIDATOR = jsonschema.Draft202012Validator(schema())
@@ -39,7 +48,7 @@ def astronaut():
 
 @pytest.fixture(scope="module")
 def analyzer():
-    return ExpressionAnalyzer(ExpressionConfig(backend="onnxruntime"))
+    return ExpressionAnalyzer(config())
 
 
 def _message(faces, path="x.png"):
@@ -89,9 +98,9 @@ def test_describe_astronaut(analyzer, astronaut):
 def test_published_blendshapes_are_pooled_unless_raw_is_asked_for(astronaut):
     _, faces = astronaut
     own = faces[0].blendshapes
-    raw = BlendshapeReport(ExpressionConfig(blendshapes="raw"))(faces[0])
+    raw = ExpressionAnalyzer(config(experimental={"raw_blendshapes": True})).blendshapes(faces[0])
     assert raw == {k: round(own[k], 4) for k in BLENDSHAPE_NAMES}
-    pooled = BlendshapeReport(ExpressionConfig())(faces[0])  # the default
+    pooled = ExpressionAnalyzer(config()).blendshapes(faces[0])  # the default
     assert list(pooled) == list(BLENDSHAPE_NAMES) and pooled != raw
     # What is published is a mix of the bank's group means, not the person's own values...
     bank = ExpressionBank()
@@ -101,22 +110,24 @@ def test_published_blendshapes_are_pooled_unless_raw_is_asked_for(astronaut):
     assert np.all(got >= near.min(0) - 1e-4) and np.all(got <= near.max(0) + 1e-4)
     # ...and still her expression: a broad smile.
     assert pooled["mouthSmileLeft"] > 0.5 and pooled["mouthSmileRight"] > 0.5
-    one = BlendshapeReport(ExpressionConfig(blendshape_neighbours=1))(faces[0])
+    one = ExpressionAnalyzer(config(), manifest(emotion={"blendshape_neighbours": 1})).blendshapes(faces[0])
     assert np.allclose(list(one.values()), near[0], atol=1e-4)  # snapped to the nearest group mean
 
 
-def test_blendshape_options_are_validated_and_the_bank_is_checked(tmp_path):
+def test_blendshape_options_are_validated_and_the_bank_is_checked(astronaut, tmp_path):
     p = tmp_path / "agent.yaml"
-    for bad in ("blendshapes: exact", "blendshape_neighbours: 0"):
-        p.write_text(f"expression:\n  {bad}\n")
-        with pytest.raises(ConfigError, match="expression.blendshape"):
+    for bad in ("expression:\n  blendshapes: raw", "experimental:\n  raw_blendshapes: maybe"):
+        p.write_text(bad + "\n")
+        with pytest.raises(ConfigError, match="blendshapes"):
             load_config(p)
+    with pytest.raises(ModelError, match="blendshape_neighbours"):
+        manifest(emotion={"blendshape_neighbours": 0})
     with pytest.raises(ModelError, match="expression_bank.npz cannot be checked"):
-        BlendshapeReport(ExpressionConfig(models_dir=tmp_path))
+        ExpressionBank(tmp_path)
     (tmp_path / "SHA256SUMS").write_text("")
     with pytest.raises(ModelError, match="expression_bank.npz has no entry"):
-        BlendshapeReport(ExpressionConfig(models_dir=tmp_path))
-    BlendshapeReport(ExpressionConfig(models_dir=tmp_path, blendshapes="raw"))  # raw needs no bank
+        ExpressionBank(tmp_path)
+    assert BlendshapeReport(None)(astronaut[1][0]) is not None  # raw blendshapes need no bank
 
 
 def test_face_without_blendshapes_is_flagged_and_still_classified(analyzer, astronaut):
@@ -174,7 +185,7 @@ def test_both_backends_load_int8_classifier_and_agree(astronaut):
     assert crops.shape == (5, CROP_SIZE, CROP_SIZE)
     probs = {}
     for kind in ("onnxruntime", "openvino"):
-        clf = EmotionClassifier(ExpressionConfig(backend=kind))
+        clf = EmotionClassifier(config(kind).inference)
         assert clf.backend.name == kind
         probs[kind] = clf.probabilities(crops)
     assert probs["onnxruntime"].shape == (5, 7)
@@ -184,18 +195,17 @@ def test_both_backends_load_int8_classifier_and_agree(astronaut):
 
 
 def test_expression_kept_on_anonymized_faces(astronaut):
-    from agent.config import AnonymizerConfig
     from agent.pipeline import Anonymizer
 
     rgb, _ = astronaut
-    anonymizer = Anonymizer(AnonymizerConfig(backend="onnxruntime"), mode="image")
+    anonymizer = Anonymizer(config(), mode="image")
     try:
         analysis = anonymizer.analyze_all(rgb)
         faces = analysis.faces
         _, jobs, _ = anonymizer.anonymize(rgb, analysis)
     finally:
         anonymizer.close()
-    ea = ExpressionAnalyzer(ExpressionConfig(backend="openvino"))
+    ea = ExpressionAnalyzer(config("openvino"))
     (face,) = ea.describe(rgb, faces, jobs)
     VALIDATOR.validate(_message([face]))
     assert isinstance(face["expression_kept"], bool)
@@ -208,14 +218,14 @@ def test_expression_kept_on_anonymized_faces(astronaut):
     VALIDATOR.validate(_message([masked]))
     assert masked["expression_kept"] is None and masked["anonymized_emotion"] is None
     assert ea.agreement["checked"] == 1
-
-    off = ExpressionAnalyzer(ExpressionConfig(backend="openvino", check_anonymized=False))
-    assert "expression_kept" not in off.describe(rgb, faces, jobs)[0]
+    assert masked["replaced"] is False and faces and "expression_kept" not in ea.describe(rgb, faces)[0]
+    with pytest.raises(ValueError, match="one per face"):
+        ea.describe(rgb, faces, jobs[:0])
 
 
 def test_track_smoothing(astronaut):
     rgb, faces = astronaut
-    ea = ExpressionAnalyzer(ExpressionConfig(backend="onnxruntime", smoothing=0.5))
+    ea = ExpressionAnalyzer(config(expression={"smoothing": 0.5}))
     tracked = [replace(faces[0], track_id=7)]
     first = ea.describe(rgb, tracked)[0]
     assert first["track_id"] == 7
@@ -227,7 +237,7 @@ def test_track_smoothing(astronaut):
     t = faces[0].transform.copy()
     flip = np.diag([-1.0, 1.0, 1.0]).astype(np.float32)
     t[:3, :3] = flip @ t[:3, :3] @ flip
-    raw = ExpressionAnalyzer(ExpressionConfig(backend="onnxruntime")).describe(mirrored, [replace(faces[0], landmarks=lm, transform=t)])[0]
+    raw = ExpressionAnalyzer(config()).describe(mirrored, [replace(faces[0], landmarks=lm, transform=t)])[0]
     second = ea.describe(mirrored, [replace(faces[0], landmarks=lm, transform=t, track_id=7)])[0]
     assert second["head_pose"]["yaw"] == pytest.approx((first["head_pose"]["yaw"] + raw["head_pose"]["yaw"]) / 2, abs=0.02)
     for c in EMOTIONS:
@@ -255,12 +265,12 @@ def test_config_rejects_bad_expression_keys(tmp_path):
     p.write_text("expression:\n  smoothing: 0.7\n  classifer: x\n")
     with pytest.raises(ConfigError, match="expression.classifer"):
         load_config(p)
-    p.write_text("expression:\n  smoothing: 0.7\n  backend: openvino\n")
+    p.write_text("expression:\n  smoothing: 0.7\ninference:\n  backend: openvino\n")
     assert load_config(p).expression.smoothing == 0.7
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    return subprocess.run([sys.executable, "-m", "agent.commands.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
 def test_analyze_cli_json_folder(tmp_path):

@@ -8,12 +8,17 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+from configs import config
 
-from agent.config import AnonymizerConfig
-from agent.detector import Detection
-from agent.faces import Analysis
-from agent.guard import AnonymizedFrame, GuardError, head_ellipse, mask_everything, seal
+from agent.composition.guard import (
+    AnonymizedFrame,
+    GuardError,
+    head_ellipse,
+    mask_everything,
+    seal,
+)
 from agent.pipeline import Anonymizer
+from agent.types import Analysis, Detection
 
 
 def detection(x0, y0, x1, y1, up=(0.0, -1.0)) -> Detection:
@@ -37,7 +42,7 @@ def inner(det: Detection, shape) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def astronaut_result():
-    a = Anonymizer(AnonymizerConfig(backend="onnxruntime"))
+    a = Anonymizer(config())
     try:
         rgb = skimage.data.astronaut()
         return rgb, a.process(rgb)
@@ -110,8 +115,8 @@ def test_an_anonymized_frame_cannot_be_made_or_changed_outside_the_guard(astrona
 
 
 def test_compose_alone_gives_pixels_not_a_publishable_frame(astronaut_result):
-    from agent.compose import compose
-    from agent.publish import Publisher
+    from agent.composition.compose import compose
+    from agent.io.publish import Publisher
 
     rgb, r = astronaut_result
     pixels, *_ = compose(rgb, r.jobs)

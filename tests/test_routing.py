@@ -1,4 +1,4 @@
-"""Emotion routing (campaign step 6): each face is drawn by the generator named for its emotion, read by the
+"""Emotion routing: each face is drawn by the generator the manifest names for its emotion, read by the
 metadata stage's classifier on the real face. Real models throughout; scikit-image's astronaut smiles."""
 
 from __future__ import annotations
@@ -6,13 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import skimage.data
+from configs import config, manifest
 
-from agent.backends import InferenceBackend, create_backend
-from agent.config import DEFAULT_GENERATOR_BY_EMOTION, AnonymizerConfig, ConfigError, load_config
 from agent.errors import ModelError
-from agent.expression import EMOTIONS
 from agent.pipeline import Anonymizer
-from agent.render import from_network_output, to_network_input
+from agent.runtime.backends import InferenceBackend, create_backend
+from agent.runtime.manifest import load_manifest
+from agent.synthesis.render import from_network_output, to_network_input
+from agent.types import EMOTIONS
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +26,10 @@ def _direct(name: str, conditioning: np.ndarray) -> np.ndarray:
     return from_network_output(create_backend("onnxruntime", name).infer(to_network_input(conditioning[None])))[0]
 
 
-def test_default_routes_cover_every_emotion():
-    assert set(DEFAULT_GENERATOR_BY_EMOTION) == set(EMOTIONS)
-    assert AnonymizerConfig().generator_by_emotion == DEFAULT_GENERATOR_BY_EMOTION
+def test_shipped_routes_cover_every_emotion():
+    routes = load_manifest().generator.by_emotion
+    assert set(routes) == set(EMOTIONS)
+    assert {routes[e] for e in ("happy", "neutral")} == {"generator-calm.int8"}
 
 
 @pytest.mark.parametrize("routes, expected", [
@@ -37,9 +39,8 @@ def test_default_routes_cover_every_emotion():
 ])
 def test_face_is_drawn_by_the_generator_of_its_emotion(astronaut, routes, expected):
     # Texture off: the face must be exactly what the routed generator drew (tests/test_texture.py adds it).
-    cfg = AnonymizerConfig(backend="onnxruntime", expression_texture=0.0,
-                           **({} if routes is None else {"generator_by_emotion": routes}))
-    a = Anonymizer(cfg)
+    m = manifest(generator={"texture_gain": 0.0, **({} if routes is None else {"by_emotion": routes})})
+    a = Anonymizer(config(), manifest=m)
     try:
         r = a.process(astronaut)
         loaded = set(a.synthesizer.generators)
@@ -50,19 +51,19 @@ def test_face_is_drawn_by_the_generator_of_its_emotion(astronaut, routes, expect
     np.testing.assert_array_equal(job.generated, _direct(expected, job.conditioning))
     assert r.timings_ms["routing_ms"] > 0
     # Only the generators the routes can reach are loaded (each costs ~20 MB).
-    assert loaded == set(cfg.generator_by_emotion.values()) | ({cfg.generator} if len(cfg.generator_by_emotion) < 7 else set())
+    g = m.generator
+    assert loaded == set(g.by_emotion.values()) | ({g.default} if len(g.by_emotion) < 7 else set())
 
 
 def test_metadata_reuses_the_routers_reading_of_the_face(astronaut):
     """With the classifier shared (as the daemon does), each real face is classified once per frame."""
-    from agent.config import ExpressionConfig
-    from agent.expression import ExpressionAnalyzer
+    from agent.expression.metadata import ExpressionAnalyzer
 
-    expression = ExpressionAnalyzer(ExpressionConfig(backend="onnxruntime"))
+    expression = ExpressionAnalyzer(config())
     sizes = []
     infer = expression.classifier.backend.infer
     expression.classifier.backend.infer = lambda batch: sizes.append(len(batch)) or infer(batch)
-    a = Anonymizer(AnonymizerConfig(backend="onnxruntime"), emotion_classifier=expression.classifier)
+    a = Anonymizer(config(), emotion_classifier=expression.classifier)
     try:
         r = a.process(astronaut)
         (item,) = expression.describe(astronaut, r.faces, r.jobs)
@@ -70,12 +71,12 @@ def test_metadata_reuses_the_routers_reading_of_the_face(astronaut):
         a.close()
     # flip TTA: 2 inputs for the real face (router), 2 for the synthetic one (metadata), never the real one again.
     assert sizes == [2, 2]
-    reference = ExpressionAnalyzer(ExpressionConfig(backend="onnxruntime")).describe(astronaut, r.faces, r.jobs)[0]
+    reference = ExpressionAnalyzer(config()).describe(astronaut, r.faces, r.jobs)[0]
     assert item["emotion"] == reference["emotion"] and item["expression_kept"] == reference["expression_kept"]
 
 
 def test_empty_routes_use_one_generator(astronaut):
-    a = Anonymizer(AnonymizerConfig(backend="onnxruntime", generator_by_emotion={}, expression_texture=0.0))
+    a = Anonymizer(config(), manifest=manifest(generator={"by_emotion": {}, "texture_gain": 0.0}))
     try:
         r = a.process(astronaut)
         assert a.router is None and a.synthesizer.generators == {}
@@ -86,17 +87,21 @@ def test_empty_routes_use_one_generator(astronaut):
 
 
 def test_tracked_face_does_not_switch_generators_on_one_frame():
-    a = Anonymizer(AnonymizerConfig(backend="onnxruntime"))
+    a = Anonymizer(config())
     try:
         router = a.router
+
+        def choose(scores, track_ids):
+            return [router.route(s) for s in router.read(scores, track_ids)]
+
         happy, sad = (np.eye(len(EMOTIONS))[EMOTIONS.index(e)] for e in ("happy", "sad"))
-        assert router.choose(np.stack([happy, sad]), [None, None]) == ["generator-calm.int8", "generator-expressive.int8"]
-        assert router.choose(happy[None], [7]) == ["generator-calm.int8"]
+        assert choose(np.stack([happy, sad]), [None, None]) == ["generator-calm.int8", "generator-expressive.int8"]
+        assert choose(happy[None], [7]) == ["generator-calm.int8"]
         # One sad frame does not outweigh a smiling history; a sustained change does switch.
-        assert router.choose(sad[None], [7]) == ["generator-calm.int8"]
-        assert [router.choose(sad[None], [7])[0] for _ in range(3)][-1] == "generator-expressive.int8"
+        assert choose(sad[None], [7]) == ["generator-calm.int8"]
+        assert [choose(sad[None], [7])[0] for _ in range(3)][-1] == "generator-expressive.int8"
         # Untracked faces (stills) are never smoothed.
-        assert router.choose(sad[None], [None]) == ["generator-expressive.int8"]
+        assert choose(sad[None], [None]) == ["generator-expressive.int8"]
     finally:
         a.close()
 
@@ -108,7 +113,7 @@ def test_routing_failure_falls_back_to_the_default_generator(astronaut, caplog):
         def infer(self, batch):
             raise RuntimeError("device lost")
 
-    a = Anonymizer(AnonymizerConfig(backend="onnxruntime", expression_texture=0.0))
+    a = Anonymizer(config(), manifest=manifest(generator={"texture_gain": 0.0}))
     try:
         a.router.classifier.backend = BrokenClassifier("broken")
         r = a.process(astronaut)
@@ -122,11 +127,9 @@ def test_routing_failure_falls_back_to_the_default_generator(astronaut, caplog):
 
 def test_missing_routed_generator_is_refused_at_start():
     with pytest.raises(ModelError, match="generator-nope"):
-        Anonymizer(AnonymizerConfig(backend="onnxruntime", generator_by_emotion={"sad": "generator-nope.int8"}))
+        Anonymizer(config(), manifest=manifest(generator={"by_emotion": {"sad": "generator-nope.int8"}}))
 
 
-def test_unknown_emotion_in_config_is_refused(tmp_path):
-    p = tmp_path / "agent.yaml"
-    p.write_text("anonymizer:\n  generator_by_emotion:\n    joy: generator-calm.int8\n")
-    with pytest.raises(ConfigError, match="joy"):
-        load_config(p)
+def test_unknown_emotion_in_the_manifest_is_refused():
+    with pytest.raises(ModelError, match="joy"):
+        manifest(generator={"by_emotion": {"joy": "generator-calm.int8"}})

@@ -1,18 +1,20 @@
-"""Identity normalization of the conditioning geometry (agent/shape.py) on the shipped shape model."""
+"""Identity normalization of the conditioning geometry (agent/synthesis/shape.py) on the shipped shape model."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import skimage.data
+from configs import config, manifest
 
-from agent.align import alignment_matrix, transform_points
-from agent.config import AnonymizerConfig
+from agent.detection.landmarks import FaceAnalyzer
 from agent.errors import ModelError
-from agent.faces import FaceAnalyzer
+from agent.expression.bank import EXPRESSION_BANK, ExpressionBank
 from agent.pipeline import Anonymizer
-from agent.render import RENDERED_INDICES
-from agent.shape import BLENDSHAPES, EXPRESSION_BANK, SHAPE_MODEL, ExpressionBank, ShapeNormalizer, blendshape_vector
+from agent.synthesis.align import alignment_matrix, transform_points
+from agent.synthesis.render import RENDERED_INDICES
+from agent.synthesis.shape import SHAPE_MODEL, ShapeNormalizer
+from agent.types import BLENDSHAPES, blendshape_vector
 
 UPPER_LIP, LOWER_LIP = 13, 14  # inner lip midpoints in the 478-point mesh
 
@@ -59,7 +61,7 @@ def test_pipeline_changes_only_what_the_generator_sees(face_and_crop):
     img = skimage.data.astronaut()
     jobs = {}
     for s in (0.0, 1.0):
-        a = Anonymizer(AnonymizerConfig(backend="onnxruntime", identity_normalization=s))
+        a = Anonymizer(config(), manifest=manifest(generator={"identity_normalization": s}))
         try:
             jobs[s] = a.process(img).jobs[0]
         finally:
@@ -123,7 +125,7 @@ def test_random_identity_shapes_per_track_and_reproducible(face_and_crop):
     """identity_variation: each face on a random plausible face shape, kept per track, reproducible with a seed."""
     from dataclasses import replace
 
-    from agent.synthesis import Synthesizer
+    from agent.synthesis.synthesizer import Synthesizer
 
     face, crop = face_and_crop
     norm = ShapeNormalizer(1.0)

@@ -10,16 +10,16 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+from configs import config
 
-from agent.backends import InferenceBackend, create_backend
-from agent.compose import MASK_GREY
-from agent.guard import AnonymizedFrame
-from agent.config import AnonymizerConfig
+from agent.composition.compose import MASK_GREY
+from agent.composition.guard import AnonymizedFrame
 from agent.errors import ModelError
-from agent.models import models_dir
 from agent.pipeline import Anonymizer
-from agent.render import render_conditioning, to_network_input
-from agent.topology import FACE_OVAL_POLYGON
+from agent.runtime.backends import InferenceBackend, create_backend
+from agent.runtime.model_files import models_dir
+from agent.synthesis.render import render_conditioning, to_network_input
+from agent.synthesis.topology import FACE_OVAL_POLYGON
 
 BACKENDS = ("onnxruntime", "openvino")
 
@@ -31,14 +31,14 @@ def astronaut():
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def anonymizer(request):
-    a = Anonymizer(AnonymizerConfig(backend=request.param))
+    a = Anonymizer(config(request.param))
     yield a
     a.close()
 
 
 @pytest.fixture(scope="module")
 def ort_anonymizer():
-    a = Anonymizer(AnonymizerConfig(backend="onnxruntime"))
+    a = Anonymizer(config())
     yield a
     a.close()
 
@@ -117,7 +117,7 @@ def test_synthesis_failure_masks_the_face(astronaut):
         def infer(self, batch):
             return np.full((batch.shape[0], 3, 128, 128), np.nan, np.float32)
 
-    a = Anonymizer(AnonymizerConfig(backend="onnxruntime"))
+    a = Anonymizer(config())
     try:
         broken = BrokenGenerator("broken")
         a.synthesizer.backend = broken
@@ -133,7 +133,7 @@ def test_synthesis_failure_masks_the_face(astronaut):
 def test_backends_agree(astronaut):
     outs = {}
     for kind in BACKENDS:
-        a = Anonymizer(AnonymizerConfig(backend=kind))
+        a = Anonymizer(config(kind))
         try:
             outs[kind] = a.process(astronaut)
         finally:
@@ -147,7 +147,7 @@ def test_backends_agree(astronaut):
 
 def test_backend_raw_outputs_agree():
     # A face's conditioning (the average shape), as the generator sees at run time.
-    from agent.shape import ShapeNormalizer, features
+    from agent.synthesis.shape import ShapeNormalizer, features
 
     landmarks = ShapeNormalizer(1.0).average_landmarks(features({}, np.eye(4))[None])[0]
     x = to_network_input(np.stack([render_conditioning(landmarks, 128), np.zeros((128, 128, 3), np.uint8)]))
@@ -183,7 +183,7 @@ def test_tampered_model_is_refused(tmp_path):
 # --- CLI: formats, folders, exit codes and the summary line ---
 
 def anoncam(*args):
-    return subprocess.run([sys.executable, "-m", "agent.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "agent.commands.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -259,9 +259,9 @@ def test_huge_image(ort_anonymizer, astronaut):
 
 def test_surround_blurs_the_head_around_the_face(astronaut):
     """`surround` blurs hair and head outline around the oval; the synthetic face and the far scene stay as they were."""
-    from agent.guard import seal
+    from agent.composition.guard import seal
 
-    plain = Anonymizer(AnonymizerConfig(backend="onnxruntime"))
+    plain = Anonymizer(config())
     try:
         r = plain.process(astronaut)
     finally:
@@ -286,7 +286,7 @@ def test_surround_blurs_the_head_around_the_face(astronaut):
 def test_exif_orientation_is_applied_as_a_viewer_does(tmp_path, orientation):
     from PIL import Image, ImageOps
 
-    from agent.images import read_image
+    from agent.io.images import read_image
 
     rng = np.random.default_rng(orientation)
     pixels = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)

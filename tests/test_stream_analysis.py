@@ -10,14 +10,22 @@ import mediapipe as mp
 import numpy as np
 import pytest
 import skimage.data
+from configs import config
 
-from agent.backends import create_backend
-from agent.bench import SCENE_BY_NAME, background, load_head, render_frame
-from agent.config import ExpressionConfig
-from agent.expression import EMOTIONS, EmotionClassifier, ExpressionAnalyzer
-from agent.detector import FaceDetector
-from agent.faces import FaceAnalyzer, reader
-from agent.synthesis import EmotionRouter, Synthesizer
+from agent.commands.bench_scenes import (
+    SCENE_BY_NAME,
+    background,
+    load_head,
+    render_frame,
+)
+from agent.detection.detector import FaceDetector
+from agent.detection.landmarks import FaceAnalyzer, reader
+from agent.expression.classifier import EmotionClassifier
+from agent.expression.metadata import ExpressionAnalyzer
+from agent.runtime.backends import create_backend
+from agent.synthesis.router import EmotionRouter
+from agent.synthesis.synthesizer import Synthesizer
+from agent.types import EMOTIONS
 
 SCENE = SCENE_BY_NAME["1280x720_4faces"]  # the smallest face is too small for the landmarker's own detector
 
@@ -158,7 +166,7 @@ def test_a_failed_face_is_masked_not_carried_over(generator, astronaut_face):
 
 def test_carried_over_faces_keep_their_emotion_scores_without_reclassifying(generator, astronaut_face):
     synth = Synthesizer(generator, regenerate_every=2)
-    expression = ExpressionAnalyzer(ExpressionConfig(backend="onnxruntime", smoothing=0.0))
+    expression = ExpressionAnalyzer(config())
     sizes = []
     infer = expression.classifier.backend.infer
     expression.classifier.backend.infer = lambda batch: sizes.append(len(batch)) or infer(batch)
@@ -180,7 +188,7 @@ def test_streams_route_only_the_faces_generated_now(astronaut_face):
     """A reused crop keeps the generator it was made with, so the classifier reads only the faces due."""
     names = ("generator-calm.int8", "generator-expressive.int8")
     backends = {n: CountingBackend(create_backend("onnxruntime", n)) for n in names}
-    classifier = EmotionClassifier(ExpressionConfig(backend="onnxruntime"))
+    classifier = EmotionClassifier(config().inference)
     counted = CountingBackend(classifier.backend)
     classifier.backend = counted
     router = EmotionRouter(classifier, {e: names[e != "happy"] for e in EMOTIONS})

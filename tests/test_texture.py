@@ -6,15 +6,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import skimage.data
+from configs import config, manifest
 
-from agent.backends import InferenceBackend, create_backend
-from agent.config import AnonymizerConfig, ConfigError, load_config
 from agent.errors import ModelError
-from agent.expression import EMOTIONS
 from agent.pipeline import Anonymizer
-from agent.render import from_network_output, to_network_input
-from agent.texture import EXPRESSION_TEXTURE, ExpressionTexture
-from tools.fit_expression_texture import choose_gains, emotion_textures, face_oval, texture_sheet
+from agent.runtime.backends import InferenceBackend, create_backend
+from agent.synthesis.render import from_network_output, to_network_input
+from agent.synthesis.texture import EXPRESSION_TEXTURE, ExpressionTexture
+from agent.types import EMOTIONS
+from tools.fit_expression_texture import (
+    choose_gains,
+    emotion_textures,
+    face_oval,
+    texture_sheet,
+)
 from tools.model_files import update_sums
 
 HAPPY, NEUTRAL = (np.eye(len(EMOTIONS))[EMOTIONS.index(e)] for e in ("happy", "neutral"))
@@ -34,8 +39,8 @@ def _direct(name: str, conditioning: np.ndarray) -> np.ndarray:
     return from_network_output(create_backend("onnxruntime", name).infer(to_network_input(conditioning[None])))[0]
 
 
-def _run(astronaut, **cfg):
-    a = Anonymizer(AnonymizerConfig(backend="onnxruntime", **cfg))
+def _run(astronaut, **generator):
+    a = Anonymizer(config(), manifest=manifest(generator=generator) if generator else None)
     try:
         return a, a.process(astronaut)
     finally:
@@ -110,28 +115,28 @@ def test_apply_adds_the_drawn_emotions_texture(texture):
 def test_synthetic_face_gets_its_emotions_shading(astronaut, texture):
     a, r = _run(astronaut)
     (job,) = r.jobs
-    assert a.cfg.expression_texture == 1.0 and job.drawn_emotion is not None
+    assert a.manifest.generator.texture_gain == 1.0 and job.drawn_emotion is not None
     assert EMOTIONS[int(np.argmax(job.drawn_emotion))] == "happy"
     plain = _direct(job.generator, job.conditioning)
     np.testing.assert_array_equal(job.generated, texture.apply(plain, job.drawn_emotion))
     assert np.abs(job.generated.astype(int) - plain).max() > 5
-    _, stronger = _run(astronaut, expression_texture=2.0)
+    _, stronger = _run(astronaut, texture_gain=2.0)
     np.testing.assert_array_equal(stronger.jobs[0].generated, texture.apply(plain, job.drawn_emotion, 2.0))
 
 
 def test_texture_off_draws_the_generators_face(astronaut):
-    _, r = _run(astronaut, expression_texture=0.0)
+    _, r = _run(astronaut, texture_gain=0.0)
     (job,) = r.jobs
     np.testing.assert_array_equal(job.generated, _direct(job.generator, job.conditioning))
 
 
 def test_texture_without_routes_reads_the_emotion_but_uses_one_generator(astronaut, texture):
-    a, r = _run(astronaut, generator_by_emotion={})
+    a, r = _run(astronaut, by_emotion={})
     (job,) = r.jobs
     assert a.router is not None and a.synthesizer.generators == {} and job.generator == "generator.int8"
     np.testing.assert_array_equal(job.generated, texture.apply(_direct("generator.int8", job.conditioning),
-                                                              job.drawn_emotion, a.cfg.expression_texture))
-    _, r = _run(astronaut, generator_by_emotion={}, expression_texture=0.0)
+                                                              job.drawn_emotion, a.manifest.generator.texture_gain))
+    _, r = _run(astronaut, by_emotion={}, texture_gain=0.0)
     assert r.jobs[0].drawn_emotion is None and r.jobs[0].emotion is None
 
 
@@ -140,7 +145,7 @@ def test_unreadable_emotion_draws_a_neutral_face(astronaut, texture, caplog):
         def infer(self, batch):
             raise RuntimeError("device lost")
 
-    a = Anonymizer(AnonymizerConfig(backend="onnxruntime"))
+    a = Anonymizer(config())
     try:
         a.router.classifier.backend = BrokenClassifier("broken")
         r = a.process(astronaut)
@@ -150,11 +155,11 @@ def test_unreadable_emotion_draws_a_neutral_face(astronaut, texture, caplog):
     assert r.frame.faces_replaced == 1 and "emotion routing failed" in caplog.text
     np.testing.assert_array_equal(job.drawn_emotion, NEUTRAL)
     np.testing.assert_array_equal(job.generated, texture.apply(_direct("generator-calm.int8", job.conditioning),
-                                                              NEUTRAL, a.cfg.expression_texture))
+                                                              NEUTRAL, a.manifest.generator.texture_gain))
 
 
 def test_tracked_face_is_shaded_by_its_smoothed_emotion():
-    a = Anonymizer(AnonymizerConfig(backend="onnxruntime"))
+    a = Anonymizer(config())
     try:
         router = a.router
         sad = np.eye(len(EMOTIONS))[EMOTIONS.index("sad")]
@@ -183,8 +188,6 @@ def test_missing_or_bad_texture_file_is_refused(tmp_path):
         ExpressionTexture(tmp_path)
 
 
-def test_texture_gain_is_validated(tmp_path):
-    p = tmp_path / "agent.yaml"
-    p.write_text("anonymizer:\n  expression_texture: -1\n")
-    with pytest.raises(ConfigError, match="expression_texture"):
-        load_config(p)
+def test_texture_gain_is_validated():
+    with pytest.raises(ModelError, match="texture_gain"):
+        manifest(generator={"texture_gain": -1})

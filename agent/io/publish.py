@@ -1,0 +1,343 @@
+"""MQTT output: anonymized JPEG frames, per-frame metadata, availability and stats.
+
+Topics, under ``<prefix>/<camera>/``:
+
+- ``frame``: the anonymized frame as raw JPEG bytes. QoS 0, not retained; with MQTT 5 it carries
+  ContentType ``image/jpeg``, user properties ``frame_id`` and ``timestamp`` and a short message expiry.
+- ``meta``: one JSON document per published frame (same user properties, ContentType ``application/json``).
+- ``availability``: retained ``online``/``offline``; ``offline`` is also the will, so a crash or a
+  cut cable shows up as ``offline`` once the broker notices (keepalive x 1.5).
+- ``stats``: periodic JSON.
+
+Only :class:`~agent.composition.guard.AnonymizedFrame` objects can be published as frames: there is no
+method here that takes raw pixels.
+
+One thread owns the paho client (connect, reconnect with backoff, network I/O, the MQTT 5 -> 3.1.1
+fallback); the processing loop only appends to a bounded buffer that drops its oldest frame when
+full, so a missing broker never blocks capture.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.composition.guard import AnonymizedFrame
+from agent.config import MqttConfig
+from agent.errors import ConfigError
+from agent.io.retry import Backoff
+
+log = logging.getLogger(__name__)
+
+ONLINE, OFFLINE = b"online", b"offline"
+# CONNACK codes that mean "I do not speak this protocol version" (3.1.1: 1, MQTT 5: 0x84).
+_PROTOCOL_REFUSED = {0x01, 0x84}
+_INFLIGHT = 8  # messages handed to paho but not yet written to the socket
+_V5_CONNACK_WAIT_S = 3.0
+FRAME_EXPIRY_S = 5  # MQTT 5 message expiry of frames; buffered frames older than this are dropped
+
+
+@dataclass
+class _Entry:
+    frame_id: int
+    timestamp: float
+    jpeg: bytes | None
+    meta: bytes
+    queued: float  # monotonic
+
+
+def read_password(cfg: MqttConfig, environ=None) -> str | None:
+    """The broker password from ``password_file`` or the systemd credential; never from YAML."""
+    env = os.environ if environ is None else environ
+    if cfg.password_file is not None and cfg.password_credential is not None:
+        raise ConfigError("mqtt: set password_file or password_credential, not both")
+    path = None
+    if cfg.password_credential is not None:
+        creds = env.get("CREDENTIALS_DIRECTORY")
+        if not creds:
+            raise ConfigError(
+                f"mqtt.password_credential={cfg.password_credential!r} but $CREDENTIALS_DIRECTORY is not set: run under "
+                "systemd with LoadCredential=, or use password_file"
+            )
+        path = Path(creds) / cfg.password_credential
+    elif cfg.password_file is not None:
+        path = cfg.password_file
+    if path is None:
+        return None
+    if cfg.username is None:
+        raise ConfigError("mqtt: a password is configured but no username; set mqtt.username")
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"mqtt password file {path} cannot be read: {exc.strerror or exc}") from None
+    password = text.splitlines()[0] if text else ""
+    if not password:
+        raise ConfigError(f"mqtt password file {path} is empty")
+    return password
+
+
+def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
+    t = cfg.tls
+    if not t.enabled:
+        return None
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(t.ca_file) if t.ca_file else None)
+        if t.cert_file is not None:
+            ctx.load_cert_chain(str(t.cert_file), str(t.key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"mqtt.tls: cannot load certificates ({exc}); check ca_file, cert_file and key_file") from None
+    return ctx
+
+
+class Publisher:
+    def __init__(self, cfg: MqttConfig, host: str | None = None, port: int | None = None,
+                 backoff: Backoff = Backoff(0.5, 30.0), frame_expiry_s: int = FRAME_EXPIRY_S, protocol: str = "auto"):
+        """``backoff``: retry delays while the broker is away. ``protocol``: "auto" (MQTT 5, falling
+        back to 3.1.1 if refused), "5" or "3.1.1"."""
+        self.cfg = cfg
+        self.backoff = backoff
+        self.frame_expiry_s = frame_expiry_s
+        self._auto = protocol == "auto"
+        self.host = host or cfg.host
+        self.port = port or cfg.port
+        base = f"{cfg.prefix}/{cfg.camera}"
+        self.topics = {name: f"{base}/{name}" for name in ("frame", "meta", "availability", "stats")}
+        self.client_id = f"anoncam-{cfg.camera}"
+        self._password = read_password(cfg)
+        self._tls = tls_context(cfg)
+        self._protocol = mqtt.MQTTv311 if protocol == "3.1.1" else mqtt.MQTTv5
+        self._lock = threading.Lock()
+        self._buffer: deque[_Entry] = deque()
+        self._stats: bytes | None = None
+        self._stop = threading.Event()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: mqtt.Client | None = None
+        self._connack: int | None = None  # reason code value of the last CONNACK, None until one arrives
+        self._connack_text = ""
+        self._flush_deadline = 0.0
+        self.connected = False
+        self.last_error: str | None = None
+        self.counters = {"published": 0, "buffer_dropped": 0, "expired": 0, "connects": 0, "connect_failures": 0}
+
+    @property
+    def protocol(self) -> str:
+        return "5" if self._protocol == mqtt.MQTTv5 else "3.1.1"
+
+    # -- called by the processing loop; never blocks on the network ---------------------------
+
+    def start(self) -> "Publisher":
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self._thread.start()
+        return self
+
+    def encode(self, frame: AnonymizedFrame) -> bytes:
+        if not isinstance(frame, AnonymizedFrame):
+            raise TypeError("only an AnonymizedFrame can be published")
+        pixels = frame.pixels
+        if pixels.dtype != "uint8":
+            pixels = (pixels >> 8).astype("uint8")
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        return buf.tobytes()
+
+    def publish(self, frame: AnonymizedFrame, meta: dict, frame_id: int, timestamp: float) -> None:
+        """Queue ``frame`` (JPEG-encoded here) and its metadata; drops the oldest entry if the buffer is full."""
+        jpeg = self.encode(frame) if self.cfg.publish_frames else None
+        entry = _Entry(frame_id, timestamp, jpeg, json.dumps(meta, separators=(",", ":")).encode(), time.monotonic())
+        with self._lock:
+            if len(self._buffer) >= self.cfg.buffer_frames:
+                self._buffer.popleft()
+                self.counters["buffer_dropped"] += 1
+            self._buffer.append(entry)
+
+    def publish_stats(self, stats: dict) -> None:
+        """Only the newest stats are kept: old ones have no value once newer exist."""
+        with self._lock:
+            self._stats = json.dumps(stats, separators=(",", ":")).encode()
+
+    @property
+    def buffered(self) -> int:
+        with self._lock:
+            return len(self._buffer)
+
+    def close(self, flush_s: float = 5.0) -> None:
+        """Send what is buffered (up to ``flush_s``), a retained ``offline``, then disconnect."""
+        if self._thread is None:
+            return
+        self._flush_deadline = time.monotonic() + flush_s
+        self._closing.set()
+        self._thread.join(timeout=flush_s + 10)
+        self._stop.set()
+        self._thread = None
+
+    # -- network thread ------------------------------------------------------------------------
+
+    def _new_client(self) -> mqtt.Client:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=self._protocol,
+                        reconnect_on_failure=False)
+        if self.cfg.username is not None:
+            c.username_pw_set(self.cfg.username, self._password)
+        if self._tls is not None:
+            c.tls_set_context(self._tls)
+        c.will_set(self.topics["availability"], OFFLINE, qos=1, retain=True)
+        c.connect_timeout = 10.0
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.max_queued_messages_set(0)
+        return c
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        self._connack = reason_code.value if hasattr(reason_code, "value") else int(reason_code)
+        self._connack_text = str(reason_code)
+        if self._connack == 0:
+            self.connected = True
+            self.counters["connects"] += 1
+            self.last_error = None
+            client.publish(self.topics["availability"], ONLINE, qos=1, retain=True)
+            log.info("MQTT connected to %s:%d (MQTT %s)", self.host, self.port, self.protocol)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        if self.connected:
+            log.warning("MQTT disconnected from %s:%d: %s", self.host, self.port, reason_code)
+        self.connected = False
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait unless closing; True if the thread should stop waiting."""
+        return self._closing.wait(seconds) or self._stop.is_set()
+
+    def _connect(self) -> mqtt.Client | None:
+        """One connection attempt, including the CONNACK; the connected client or None."""
+        client = self._new_client()
+        self._connack = None
+        try:
+            client.connect(self.host, self.port, keepalive=self.cfg.keepalive)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._fail(f"cannot reach {self.host}:{self.port}: {exc}")
+            return None
+        wait = client.connect_timeout
+        if self._auto and self._protocol == mqtt.MQTTv5:
+            # amqtt (3.1.1 only) misreads an MQTT 5 CONNECT with a will and answers nothing until its own
+            # timeout; a 5-capable broker answers in one round trip, so a short wait costs nothing.
+            wait = _V5_CONNACK_WAIT_S
+        deadline = time.monotonic() + wait
+        while self._connack is None and time.monotonic() < deadline and not self._stop.is_set():
+            if client.loop(0.1) != mqtt.MQTT_ERR_SUCCESS:
+                break
+        if self._connack == 0:
+            return client
+        refused = self._connack
+        try:
+            client.disconnect()
+        except Exception:
+            pass
+        if self._auto and self._protocol == mqtt.MQTTv5 and (refused is None or refused in _PROTOCOL_REFUSED):
+            # amqtt and other 3.1.1-only brokers refuse (or just drop) an MQTT 5 CONNECT.
+            log.info("broker %s:%d refused MQTT 5; using MQTT 3.1.1", self.host, self.port)
+            self._protocol = mqtt.MQTTv311
+            return self._connect()
+        if refused is None:
+            self._fail(f"no CONNACK from {self.host}:{self.port}")
+        else:
+            self._fail(f"broker {self.host}:{self.port} refused the connection: {self._connack_text}")
+        return None
+
+    def _fail(self, message: str):
+        self.counters["connect_failures"] += 1
+        if message != self.last_error:
+            log.warning("MQTT: %s", message)
+        self.last_error = message
+
+    def _run(self):
+        backoff = self.backoff.min_s
+        inflight: deque = deque()
+        while not self._stop.is_set():
+            if self._closing.is_set() and (self._client is None or time.monotonic() > self._flush_deadline):
+                break
+            if self._client is None:
+                self._client = self._connect()
+                if self._client is None:
+                    if self._sleep(backoff):
+                        break
+                    backoff = self.backoff.next(backoff)
+                    continue
+                backoff = self.backoff.min_s
+                inflight.clear()
+            client = self._client
+            rc = client.loop(0.02)
+            if rc != mqtt.MQTT_ERR_SUCCESS or not self.connected:
+                self.connected = False
+                self._client = None
+                continue
+            while inflight and inflight[0].is_published():
+                inflight.popleft()
+            self._send_pending(client, inflight)
+            if self._closing.is_set() and not inflight and self.buffered == 0:
+                break
+        self._shutdown()
+
+    def _send_pending(self, client: mqtt.Client, inflight: deque):
+        with self._lock:
+            stats, self._stats = self._stats, None
+        if stats is not None:
+            inflight.append(client.publish(self.topics["stats"], stats, qos=0, properties=self._props("application/json")))
+        while len(inflight) < _INFLIGHT:
+            with self._lock:
+                if not self._buffer:
+                    return
+                entry = self._buffer.popleft()
+            age = time.monotonic() - entry.queued
+            if age > self.frame_expiry_s:
+                self.counters["expired"] += 1
+                continue
+            if entry.jpeg is not None:
+                expiry = max(1, round(self.frame_expiry_s - age))
+                inflight.append(client.publish(self.topics["frame"], entry.jpeg, qos=0,
+                                               properties=self._props("image/jpeg", entry, expiry)))
+            inflight.append(client.publish(self.topics["meta"], entry.meta, qos=0,
+                                           properties=self._props("application/json", entry)))
+            self.counters["published"] += 1
+
+    def _props(self, content_type: str, entry: _Entry | None = None, expiry: int | None = None) -> Properties | None:
+        if self._protocol != mqtt.MQTTv5:
+            return None
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = content_type
+        if entry is not None:
+            props.UserProperty = [("frame_id", str(entry.frame_id)), ("timestamp", f"{entry.timestamp:.3f}")]
+        if expiry is not None:
+            props.MessageExpiryInterval = expiry
+        return props
+
+    def _shutdown(self):
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            if self.connected:
+                info = client.publish(self.topics["availability"], OFFLINE, qos=1, retain=True)
+                deadline = time.monotonic() + 3
+                # QoS 1: wait for the broker's PUBACK so the retained offline is really stored.
+                while not info.is_published() and time.monotonic() < deadline:
+                    if client.loop(0.05) != mqtt.MQTT_ERR_SUCCESS:
+                        break
+                self.connected = False  # a deliberate disconnect is not worth a warning
+                client.disconnect()
+                client.loop(0.1)
+        except Exception as exc:
+            log.debug("MQTT shutdown: %s", exc)
+        self.connected = False
