@@ -79,7 +79,7 @@ class CaptureConfig(Section):
 
 
 class TlsConfig(Section):
-    enabled: bool = False
+    enabled: bool = Field(False, description="connect to the broker over TLS (usually port 8883)")
     ca_file: Path | None = Field(None, description="CA bundle for the broker's certificate; None = system CAs")
     cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
     key_file: Path | None = Field(None, description="client private key (mutual TLS)")
@@ -92,18 +92,21 @@ class TlsConfig(Section):
 
 
 class MqttConfig(Section):
-    host: str = "localhost"
-    port: int = Field(1883, ge=1, le=65535)
+    """MQTT output: topics ``<prefix>/<camera>/frame|meta|availability|stats`` (docs/mqtt.md). MQTT 5,
+    falling back to 3.1.1 when the broker refuses it."""
+
+    host: str = Field("localhost", description="the broker's host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="the broker's port")
     prefix: str = Field("anoncam", description="topics are <prefix>/<camera>/frame|meta|availability|stats")
     camera: str = Field("camera", description="this camera's name in the topics")
     keepalive: int = Field(30, ge=5, le=3600, description="seconds; the broker publishes 'offline' ~1.5x this "
                                                          "after the agent is lost")
-    username: str | None = None
+    username: str | None = Field(None, description="broker user name; null: connect anonymously")
     password_file: Path | None = Field(None, description="file holding the password (first line)")
     password_credential: str | None = Field(None, description="systemd credential name, read from $CREDENTIALS_DIRECTORY")
     tls: TlsConfig = TlsConfig()
     buffer_frames: int = Field(30, ge=1, le=10000, description="frames kept while the broker is away; oldest dropped")
-    jpeg_quality: int = Field(85, ge=10, le=100)
+    jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of published frames")
     publish_frames: bool = Field(True, description="false: metadata only")
 
     @model_validator(mode="before")
@@ -141,6 +144,8 @@ class PolicyConfig(Section):
 
 
 class StatsConfig(Section):
+    """The agent's counters, published (not retained) on ``<prefix>/<camera>/stats``."""
+
     interval_s: float = Field(10, ge=0.5, le=3600, description="how often <prefix>/<camera>/stats is published")
 
 

@@ -119,3 +119,9 @@ def test_password_from_file_or_systemd_credential(tmp_path):
     with pytest.raises(ConfigError, match="no username"):
         read_password(cfg.model_copy(update={"username": None}), {})
     assert read_password(Config().mqtt, {}) is None
+
+
+def test_configuration_reference_is_generated_from_the_schema():
+    from tools import config_reference
+
+    assert config_reference.main(["--check"]) == 0, "run python -m tools.config_reference"
