@@ -1,0 +1,1 @@
+"""The ``anoncam`` command line: run, anonymize, analyze, demo and bench."""

@@ -184,65 +184,77 @@ class Capture:
         return self._stop.wait(max(seconds, 0.0))
 
     def _loop(self):
-        src, cfg = self.source, self.cfg
-        backoff = self.backoff.min_s
+        src = self.source
+        self._retry_s = self.backoff.min_s
         cap = None
-        paced_start = 0.0
-        paced_n = 0
-        while not self._stop.is_set():
-            if cap is None:
-                cap = self._opener(src, cfg)
-                if not cap.isOpened():
+        try:
+            while not self._stop.is_set():
+                if cap is None:
+                    cap = self._open()
+                    if cap is None:
+                        if not src.live or self._retry("cannot open %s; retrying in %.1f s"):
+                            return
+                        continue
+                ok, image = cap.read()
+                if not ok or image is None:
                     cap.release()
                     cap = None
-                    self.counters["open_failures"] += 1
+                    self.connected = False
                     if not src.live:
-                        self.error = f"{src.uri} could not be opened"
+                        if self.cfg.loop and self.counters["read"] > 0:
+                            continue
+                        log.info("end of %s", src.uri)
                         return
-                    log.warning("cannot open %s; retrying in %.1f s", src.uri, backoff)
-                    if self._sleep(backoff):
+                    self.counters["reconnects"] += 1
+                    if self._retry("lost %s; reconnecting in %.1f s"):
                         return
-                    backoff = self.backoff.next(backoff)
                     continue
-                self.connected = True
-                if not src.live:
-                    fps = cfg.fps or cap.get(cv2.CAP_PROP_FPS) or 0.0
-                    self.native_fps = fps if 0 < fps < 1000 else DEFAULT_FILE_FPS
-                    paced_start, paced_n = time.monotonic(), 0
-                log.info("capture open: %s", src.uri)
-            ok, image = cap.read()
-            if not ok or image is None:
+                image = self._validate(image)
+                if image is None:
+                    self.counters["corrupt"] += 1
+                    continue
+                self._retry_s = self.backoff.min_s
+                if not src.live and self._pace():
+                    return
+                self._hand_over(image)
+        finally:
+            if cap is not None:
                 cap.release()
-                cap = None
-                self.connected = False
-                if not src.live:
-                    if cfg.loop and self.counters["read"] > 0:
-                        continue
-                    log.info("end of %s", src.uri)
-                    return
-                self.counters["reconnects"] += 1
-                log.warning("lost %s; reconnecting in %.1f s", src.uri, backoff)
-                if self._sleep(backoff):
-                    return
-                backoff = self.backoff.next(backoff)
-                continue
-            image = self._validate(image)
-            if image is None:
-                self.counters["corrupt"] += 1
-                continue
-            backoff = self.backoff.min_s
-            if not src.live:
-                if self.realtime:
-                    # A file plays like a camera: frame n is due n/fps after the start.
-                    paced_n += 1
-                    if self._sleep(paced_start + paced_n / self.native_fps - time.monotonic()):
-                        return
-                else:
-                    with self._cond:
-                        self._cond.wait_for(lambda: self._slot is None or self._stop.is_set())
-            self._hand_over(image)
-        if cap is not None:
+
+    def _open(self):
+        """The opened source, or None (counted; a file that cannot be opened is an error)."""
+        src = self.source
+        cap = self._opener(src, self.cfg)
+        if not cap.isOpened():
             cap.release()
+            self.counters["open_failures"] += 1
+            if not src.live:
+                self.error = f"{src.uri} could not be opened"
+            return None
+        self.connected = True
+        if not src.live:
+            fps = self.cfg.fps or cap.get(cv2.CAP_PROP_FPS) or 0.0
+            self.native_fps = fps if 0 < fps < 1000 else DEFAULT_FILE_FPS
+            self._paced_start, self._paced_n = time.monotonic(), 0
+        log.info("capture open: %s", src.uri)
+        return cap
+
+    def _retry(self, message: str) -> bool:
+        """Wait out the backoff before the next attempt; True if stop was requested meanwhile."""
+        log.warning(message, self.source.uri, self._retry_s)
+        stopped = self._sleep(self._retry_s)
+        self._retry_s = self.backoff.next(self._retry_s)
+        return stopped
+
+    def _pace(self) -> bool:
+        """A file plays like a camera (frame n is due n/fps after the start), or waits for the
+        consumer to take each frame (realtime off); True if stop was requested meanwhile."""
+        if self.realtime:
+            self._paced_n += 1
+            return self._sleep(self._paced_start + self._paced_n / self.native_fps - time.monotonic())
+        with self._cond:
+            self._cond.wait_for(lambda: self._slot is None or self._stop.is_set())
+        return False
 
     def _validate(self, image) -> np.ndarray | None:
         """A well-formed BGR uint8 frame, or None for something no camera should produce."""
