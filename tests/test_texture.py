@@ -1,4 +1,4 @@
-"""Expression texture (campaign step 7): each emotion's mean shading, added to the synthetic face by the emotion
+"""Expression texture: each emotion's mean shading, added to the synthetic face by the emotion
 classifier's scores of the real face. Real models throughout; scikit-image's astronaut smiles."""
 
 from __future__ import annotations
