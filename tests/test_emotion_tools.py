@@ -8,10 +8,11 @@ import pytest
 import torch
 from skimage import data
 
-from agent.align import align_face
-from agent.config import ExpressionConfig
-from agent.expression import BLENDSHAPE_NAMES, CROP_SIZE, EMOTIONS, EmotionClassifier, grey_crop
-from agent.faces import FaceAnalyzer
+from agent.config import InferenceConfig
+from agent.detection.landmarks import FaceAnalyzer
+from agent.expression.classifier import CROP_SIZE, EmotionClassifier, grey_crop
+from agent.synthesis.align import align_face
+from agent.types import BLENDSHAPES, EMOTIONS
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +36,10 @@ def test_prepare_finds_a_48px_fer_style_face(astronaut_face):
     name, r = prep._process(("happy/0.png", cv2.imencode(".png", grey)[1].tobytes()))
     assert r["found"]
     assert r["crop"].shape == (CROP_SIZE, CROP_SIZE) and r["crop"].dtype == np.uint8
-    assert r["blend"].shape == (len(BLENDSHAPE_NAMES),) and r["blend"][BLENDSHAPE_NAMES.index("mouthSmileLeft")] > 0.3
+    assert r["blend"].shape == (len(BLENDSHAPES),) and r["blend"][BLENDSHAPES.index("mouthSmileLeft")] > 0.3
     assert r["lm"].shape == (478, 2) and 0 < float(r["lm"].mean()) < 1
     # The prepared crop is what the runtime classifier sees: it should call her happy too.
-    p = EmotionClassifier(ExpressionConfig(backend="onnxruntime")).probabilities(r["crop"][None])
+    p = EmotionClassifier(InferenceConfig(backend="onnxruntime")).probabilities(r["crop"][None])
     assert EMOTIONS[int(p.argmax())] == "happy"
 
 
@@ -56,7 +57,7 @@ def test_torch_judge_matches_int8_model(astronaut_face):
     logits[0, EMOTIONS.index("happy")].backward()  # usable as a loss: gradients reach the image
     assert x.grad is not None and x.grad.abs().sum() > 0
 
-    int8 = EmotionClassifier(ExpressionConfig(backend="openvino", flip_tta=False))
+    int8 = EmotionClassifier(InferenceConfig(backend="openvino"), flip_tta=False)
     p_int8 = int8.probabilities(grey_crop(rgb, face.landmarks)[None])[0]
     p_torch = torch.softmax(logits.detach(), 1)[0].numpy()
     assert np.abs(p_int8 - p_torch).max() < 0.1

@@ -1,17 +1,21 @@
-"""tools.evaluate: the metric math on synthetic descriptors, the judges' preprocessing, and the judges
-themselves on scikit-image's public-domain astronaut (no dataset needed)."""
+"""tools.evaluate (tools/evaluation/): the metric math on synthetic descriptors, the judges' preprocessing,
+the methods built from a config and the models' manifest, the command line, and the judges themselves on
+scikit-image's public-domain astronaut (no dataset needed)."""
 
 from __future__ import annotations
 
 import json
-from argparse import Namespace
 
 import cv2
 import numpy as np
 import pytest
+import yaml
 
-from agent.detector import iou
-from tools import evaluate as ev
+from agent.config import Config
+from agent.runtime.manifest import load_manifest
+from agent.types import iou
+from tools import evaluate
+from tools.evaluation import expression, identity, methods, report
 
 
 def _unit(v):
@@ -24,9 +28,9 @@ def test_verification_rate_counts_pairs_under_threshold():
     orig = rng.normal(size=(4, 128))
     step = _unit(rng.normal(size=128))
     anon = orig + np.array([0.1, 0.59, 0.61, 2.0])[:, None] * step
-    assert ev.verification_rate(anon, orig) == pytest.approx(0.5)
-    assert ev.verification_rate(anon, orig, threshold=0.7) == pytest.approx(0.75)
-    assert np.isnan(ev.verification_rate(np.zeros((0, 128)), np.zeros((0, 128))))
+    assert identity.verification_rate(anon, orig) == pytest.approx(0.5)
+    assert identity.verification_rate(anon, orig, threshold=0.7) == pytest.approx(0.75)
+    assert np.isnan(identity.verification_rate(np.zeros((0, 128)), np.zeros((0, 128))))
 
 
 def test_rank1_uses_only_the_other_photos():
@@ -34,11 +38,11 @@ def test_rank1_uses_only_the_other_photos():
     gallery = np.array([[0.0, 0.0], [10.0, 0.0], [3.0, 0.0]])
     g_ids, g_keys = ["A", "A", "B"], ["a1", "a2", "b1"]
     # The anonymized a1 is unchanged: its own original must not count, so B is its nearest neighbour.
-    assert ev.rank1_identification(np.array([[0.0, 0.0]]), ["A"], ["a1"], gallery, g_ids, g_keys) == 0.0
+    assert identity.rank1_identification(np.array([[0.0, 0.0]]), ["A"], ["a1"], gallery, g_ids, g_keys) == 0.0
     # Moved close to A's other photo, it is identified.
-    assert ev.rank1_identification(np.array([[9.0, 0.0]]), ["A"], ["a1"], gallery, g_ids, g_keys) == 1.0
+    assert identity.rank1_identification(np.array([[9.0, 0.0]]), ["A"], ["a1"], gallery, g_ids, g_keys) == 1.0
     q = np.array([[0.0, 0.0], [9.0, 0.0], [3.1, 0.0]])
-    assert ev.rank1_identification(q, ["A", "A", "B"], ["a1", "x", "b1"], gallery, g_ids, g_keys) == pytest.approx(1 / 3)
+    assert identity.rank1_identification(q, ["A", "A", "B"], ["a1", "x", "b1"], gallery, g_ids, g_keys) == pytest.approx(1 / 3)
 
 
 def test_rank1_on_random_descriptors_is_near_chance():
@@ -47,17 +51,17 @@ def test_rank1_on_random_descriptors_is_near_chance():
     keys = np.arange(1200).astype(str)
     gallery = rng.normal(size=(1200, 128))
     queries = rng.normal(size=(1200, 128))  # no identity information at all
-    r = ev.rank1_identification(queries, ids, keys, gallery, ids, keys)
+    r = identity.rank1_identification(queries, ids, keys, gallery, ids, keys)
     assert 0.005 < r < 0.06
     clustered = np.repeat(rng.normal(size=(40, 128)) * 5, 30, axis=0)
-    assert ev.rank1_identification(clustered + queries * 0.1, ids, keys, clustered + gallery * 0.1, ids, keys) == 1.0
+    assert identity.rank1_identification(clustered + queries * 0.1, ids, keys, clustered + gallery * 0.1, ids, keys) == 1.0
 
 
 @pytest.mark.parametrize("shape", [(48, 48), (192, 192), (192, 192, 3), (64, 64), (30, 40, 3)])
 def test_judge_input_shape_and_range(shape):
     img = np.zeros(shape, np.uint8)
     img[: shape[0] // 2] = 255
-    x = ev.judge_input(img)
+    x = expression.judge_input(img)
     assert x.shape == (1, 64, 64, 1) and x.dtype == np.float32
     assert x.min() == pytest.approx(-1.0) and x.max() == pytest.approx(1.0)
 
@@ -65,25 +69,25 @@ def test_judge_input_shape_and_range(shape):
 def test_judge_input_treats_grey_and_rgb_alike():
     grey = (np.arange(192 * 192) % 251).reshape(192, 192).astype(np.uint8)
     rgb = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
-    np.testing.assert_allclose(ev.judge_input(grey), ev.judge_input(rgb), atol=1e-6)
+    np.testing.assert_allclose(expression.judge_input(grey), expression.judge_input(rgb), atol=1e-6)
 
 
 def test_stratified_sample_is_proportional_and_fixed_by_seed():
     labels = ["happy"] * 600 + ["sad"] * 300 + ["disgust"] * 100
-    a = ev.stratified_sample(labels, 100, seed=3)
+    a = expression.stratified_sample(labels, 100, seed=3)
     assert len(set(a.tolist())) == len(a) == 100
     picked = np.array(labels)[a]
     assert (picked == "happy").sum() == 60 and (picked == "disgust").sum() == 10
-    np.testing.assert_array_equal(a, ev.stratified_sample(labels, 100, seed=3))
-    assert not np.array_equal(a, ev.stratified_sample(labels, 100, seed=4))
-    assert len(ev.stratified_sample(labels, 0, seed=3)) == 1000
+    np.testing.assert_array_equal(a, expression.stratified_sample(labels, 100, seed=3))
+    assert not np.array_equal(a, expression.stratified_sample(labels, 100, seed=4))
+    assert len(expression.stratified_sample(labels, 0, seed=3)) == 1000
 
 
 def test_spread_limit_covers_every_identity_first():
     items = [(f"celeb_{k}/{j}.jpg", f"celeb_{k}") for k in (0, 4, 8) for j in range(5)]
-    got = ev.spread_limit(items, 4)
+    got = identity.spread_limit(items, 4)
     assert [i for _, i in got] == ["celeb_0", "celeb_4", "celeb_8", "celeb_0"]
-    assert ev.spread_limit(items, 0) == items
+    assert identity.spread_limit(items, 0) == items
 
 
 def test_summary_table_merges_runs(tmp_path):
@@ -95,7 +99,7 @@ def test_summary_table_merges_runs(tmp_path):
             "identity": {"reid_rate": reid, "rank1": 0.23, "faces_kept": 0.95, "scored": 1194},
             "expression": {"agreement": None, "scored": 900},
         }))
-    table = ev.summary_table([tmp_path / "anoncam", tmp_path / "blur" / "metrics.json"])
+    table = report.summary_table([tmp_path / "anoncam", tmp_path / "blur" / "metrics.json"])
     lines = table.splitlines()
     assert lines[2].startswith("| anoncam | anoncam (OpenVinoBackend) | 10.8 % | 23.0 % | 95.0 % | n/a | 1194 / 900 |")
     assert "| blur | blur | 2.6 %" in lines[3]
@@ -105,25 +109,25 @@ def test_summary_table_merges_runs(tmp_path):
 def test_rank1_hits_are_per_query():
     gallery = np.array([[0.0, 0.0], [10.0, 0.0], [3.0, 0.0]])
     q = np.array([[0.0, 0.0], [9.0, 0.0], [3.1, 0.0]])
-    hits = ev.rank1_hits(q, ["A", "A", "B"], ["a1", "x", "b1"], gallery, ["A", "A", "B"], ["a1", "a2", "b1"])
+    hits = identity.rank1_hits(q, ["A", "A", "B"], ["a1", "x", "b1"], gallery, ["A", "A", "B"], ["a1", "a2", "b1"])
     # a1's own original is excluded, so its nearest is B's photo; x is nearest a2; b1's own is excluded too.
     assert hits.tolist() == [False, True, False]
-    assert ev.rank1_hits(np.zeros((0, 2)), [], [], gallery, ["A", "A", "B"], ["a1", "a2", "b1"]).shape == (0,)
+    assert identity.rank1_hits(np.zeros((0, 2)), [], [], gallery, ["A", "A", "B"], ["a1", "a2", "b1"]).shape == (0,)
 
 
 def test_paired_difference_counts_only_discordant_items():
     a = [True] * 30 + [False] * 60 + [True] * 2 + [False] * 8
     b = [True] * 30 + [False] * 60 + [False] * 2 + [True] * 8
-    d = ev.paired_difference(a, b)
+    d = report.paired_difference(a, b)
     assert (d["n"], d["only_a"], d["only_b"]) == (100, 2, 8)
     assert d["a"] == pytest.approx(0.32) and d["b"] == pytest.approx(0.38) and d["diff"] == pytest.approx(0.06)
     assert d["p"] == pytest.approx(0.109375)  # exact two-sided binomial: 2 * P(X <= 2 | 10, 1/2) = 2 * 56 / 1024
     lo, hi = d["ci95"]
     assert lo < 0.06 < hi and lo > -0.02
-    same = ev.paired_difference(a, a)
+    same = report.paired_difference(a, a)
     assert same["diff"] == 0 and same["p"] == 1.0 and same["ci95"] == (0.0, 0.0)
     with pytest.raises(ValueError):
-        ev.paired_difference(a, b[:-1])
+        report.paired_difference(a, b[:-1])
 
 
 def test_compare_runs_pairs_items_by_key(tmp_path, capsys):
@@ -134,18 +138,18 @@ def test_compare_runs_pairs_items_by_key(tmp_path, capsys):
                  for i, h in enumerate(hits)]
         items += [{"part": "expression", "key": f"f{i}", "label": "sad", "original": "sad", "anonymized": "sad" if g else "happy",
                    "agree": g} for i, g in enumerate(agree)]
-        ev.write_items(d / ev.ITEMS_FILE, items)
+        report.write_items(d / report.ITEMS_FILE, items)
         return d
     a = run("a", [1, 1, 0, 0], [1, 0, 1])
     b = run("b", [1, 0, 0, 0, 1], [1, 1, 1])  # p4 only in b: not paired, not counted
-    assert ev.main(["--compare", str(a), str(b)]) == 0
+    assert evaluate.main(["--compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
     assert "| rank-1 | 4 | 50.0 % | 25.0 % | -25.0 pts |" in out
     assert "| re-identification | 4 | 0.0 % | 0.0 % | +0.0 pts |" in out
     assert "| expression agreement | 3 | 66.7 % | 100.0 % | +33.3 pts |" in out
     (tmp_path / "old-run").mkdir()  # a report from before items.csv was written
     with pytest.raises(SystemExit, match="items.csv not found"):
-        ev.compare_runs(a, tmp_path / "old-run")
+        report.compare_runs(a, tmp_path / "old-run")
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +161,7 @@ def astronaut():
 def test_region_baselines_change_only_the_face(astronaut):
     areas = {}
     for kind in ("blur", "pixelate", "erase"):
-        method = ev.RegionMethod(Namespace(method=kind, blur_sigma=0.1, pixel_blocks=10, erase_grow=1.0))
+        method = methods.RegionMethod(kind, blur_sigma=0.1, pixel_blocks=10, erase_grow=1.0, manifest=load_manifest())
         try:
             out = method(astronaut)
         finally:
@@ -174,47 +178,94 @@ def test_region_baselines_change_only_the_face(astronaut):
     assert 3 < areas["erase"] / areas["blur"] < 4.5  # the whole head: the oval grown to twice its size
 
 
+CPU = Config.model_validate({"inference": {"backend": "onnxruntime", "threads": 1}})
+
+
+def _variant(tmp_path, name="manifest.yaml", **generator):
+    """A copy of the shipped manifest with some generator settings changed, as a user writes one for --manifest."""
+    data = yaml.safe_load((load_manifest().folder / "manifest.yaml").read_text())
+    data["generator"].update(generator)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def test_anoncam_expression_options(astronaut):
-    """The run's expression settings reach the generator: pooled by default, random in the diagnostic."""
-    base = dict(backend="onnxruntime", threads=1, generator="generator.int8", models_dir=None, identity_normalization=1.0,
-                feather=0.06, surround=0.0, identity_variation=0.0, seed=0, tone_match="luminance",
-                single_generator=False, expression_texture=1.0)
+    """The manifest's expression settings reach the generator: pooled by default, random in the diagnostic."""
+    shipped = load_manifest()
     drawn = {}
-    for name, extra in {"own": dict(expression_neighbours=0, random_expression=False),
-                        "pooled": dict(expression_neighbours=4, random_expression=False),
-                        "random": dict(expression_neighbours=4, random_expression=True)}.items():
-        method = ev.AnoncamMethod(Namespace(**base, **extra))
+    for name, (neighbours, random_expression) in {"own": (0, False), "pooled": (4, False), "random": (4, True)}.items():
+        manifest = shipped.override(generator={"expression_neighbours": neighbours})
+        method = methods.AnoncamMethod(CPU, manifest, random_expression=random_expression)
         try:
             drawn[name] = [method(astronaut).conditioning for _ in range(2)]
-            assert method.settings["expression_neighbours"] == extra["expression_neighbours"]
+            assert method.settings["generator.expression_neighbours"] == neighbours
+            assert method.settings["random_expression"] == random_expression
         finally:
             method.close()
     assert np.array_equal(*drawn["pooled"]) and np.array_equal(*drawn["own"])
     assert not np.array_equal(drawn["own"][0], drawn["pooled"][0])
     assert not np.array_equal(*drawn["random"]), "a new random expression for every face"
-    # --expression-texture 0 reproduces the runs before step 7: no texture on the generated face.
-    for strength in (0.0, 1.0):
-        method = ev.AnoncamMethod(Namespace(**{**base, "expression_texture": strength}, expression_neighbours=4,
-                                            random_expression=False))
+    # texture_gain 0: no texture on the generated face.
+    for gain in (0.0, 1.0):
+        method = methods.AnoncamMethod(CPU, shipped.override(generator={"texture_gain": gain}))
         try:
-            assert method.settings["expression_texture"] == strength
-            assert (method.anonymizer.synthesizer.texture is None) == (strength == 0)
+            assert method.settings["generator.texture_gain"] == gain
+            assert (method.anonymizer.synthesizer.texture is None) == (gain == 0)
         finally:
             method.close()
 
 
+def test_anoncam_follows_a_variant_manifest_and_its_seed(astronaut, tmp_path):
+    """--manifest's settings are the ones run and recorded; random face shapes are fixed by --seed."""
+    manifest = load_manifest(path=_variant(tmp_path, feather=0.12, identity_variation=1.0, by_emotion={}))
+    assert manifest.folder == load_manifest().folder, "a variant manifest uses the folder's own model files"
+    runs = {}
+    for seed in (0, 0, 1):
+        method = methods.AnoncamMethod(CPU, manifest, seed=seed)
+        try:
+            assert method.feather == 0.12 and method.settings["generator.feather"] == 0.12
+            assert method.anonymizer.router is not None and method.anonymizer.synthesizer.generators == {}
+            assert method.settings["generators"] == {"generator.int8": methods.generator_sha(manifest, "generator.int8")}
+            runs.setdefault(seed, []).append(method(astronaut).conditioning)
+        finally:
+            method.close()
+    assert np.array_equal(*runs[0]), "the same seed draws the same face shape"
+    assert not np.array_equal(runs[0][0], runs[1][0])
+
+
 def test_random_expression_needs_the_drawn_expression(tmp_path, capsys):
-    for argv in (["--method", "blur"], ["--method", "anoncam", "--identity-normalization", "0"]):
+    own = tmp_path / "own.yaml"
+    own.write_text("experimental:\n  own_landmarks: true\n")
+    for argv in (["--method", "blur"], ["--method", "anoncam", "--manifest", str(_variant(tmp_path, identity_normalization=0))],
+                 ["--method", "anoncam", "--config", str(own)]):
         with pytest.raises(SystemExit) as exc:
-            ev.main([*argv, "--random-expression", "--out", str(tmp_path / "run")])
+            evaluate.main([*argv, "--random-expression", "--out", str(tmp_path / "run")])
         assert exc.value.code == 2 and "--random-expression" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_settings_come_from_files_not_flags(tmp_path, capsys):
+    """Model settings are a --manifest's, camera settings a --config's: one error line each, before any model loads."""
+    for flag in ("--feather", "--identity-normalization", "--expression-texture", "--backend", "--threads"):
+        with pytest.raises(SystemExit) as exc:
+            evaluate.main(["--method", "anoncam", "--out", str(tmp_path / "run"), flag, "0"])
+        assert exc.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+    bad_config = tmp_path / "bad.yaml"
+    bad_config.write_text("anonymizer:\n  max_faces: 0\n")
+    for argv, expected in ((["--manifest", str(_variant(tmp_path, "bad_manifest.yaml", feather=5))], "feather"),
+                           (["--manifest", str(tmp_path / "none.yaml")], "not found"),
+                           (["--config", str(bad_config)], "max_faces")):
+        with pytest.raises(SystemExit) as exc:
+            evaluate.main(["--method", "anoncam", "--out", str(tmp_path / "run"), *argv])
+        assert exc.value.code == 2 and expected in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
 def test_dlib_judge_on_astronaut(astronaut):
     pytest.importorskip("dlib")
     pytest.importorskip("face_recognition_models")
-    rec = ev.DlibRecognizer()
+    rec = identity.DlibRecognizer()
     # Her face is the upper of the HOG detector's hits (it also fires on the suit's flag patch).
     box = min(rec.detect(astronaut), key=lambda b: b[1])
     assert 150 < (box[0] + box[2]) / 2 < 300 and (box[1] + box[3]) / 2 < 200
@@ -223,20 +274,20 @@ def test_dlib_judge_on_astronaut(astronaut):
     # The same person, mirrored, is the same person; a flat grey patch over the face is not.
     flipped = np.ascontiguousarray(astronaut[:, ::-1])
     fbox = min(rec.detect(flipped), key=lambda b: b[1])
-    assert np.linalg.norm(rec.describe(flipped, fbox) - d) < ev.DLIB_THRESHOLD
+    assert np.linalg.norm(rec.describe(flipped, fbox) - d) < identity.DLIB_THRESHOLD
     grey = astronaut.copy()
     x0, y0, x1, y1 = box
     grey[y0:y1, x0:x1] = 128
     assert all(iou(b, box) < 0.3 for b in rec.detect(grey))
-    assert np.linalg.norm(rec.describe(grey, box) - d) > ev.DLIB_THRESHOLD
+    assert np.linalg.norm(rec.describe(grey, box) - d) > identity.DLIB_THRESHOLD
 
 
 def test_expression_judge_runs_on_a_face(astronaut):
-    if not ev.JUDGE_MODEL.is_file():
-        pytest.skip(f"{ev.JUDGE_MODEL} not present (it ships in shared/models)")
-    judge = ev.ExpressionJudge()
+    if not expression.JUDGE_MODEL.is_file():
+        pytest.skip(f"{expression.JUDGE_MODEL} not present (it ships in shared/models)")
+    judge = expression.ExpressionJudge()
     face = astronaut[20:230, 140:330]
     p = judge.probabilities(face)
-    assert p.shape == (len(ev.JUDGE_LABELS),) and np.isfinite(p).all()
-    assert judge.label(face) in ev.JUDGE_LABELS
+    assert p.shape == (len(expression.JUDGE_LABELS),) and np.isfinite(p).all()
+    assert judge.label(face) in expression.JUDGE_LABELS
     assert judge.label(face) == judge.label(cv2.cvtColor(cv2.cvtColor(face, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB))

@@ -14,9 +14,9 @@ torch = pytest.importorskip("torch", reason="training tools need the 'train' ext
 
 @pytest.fixture(scope="module")
 def tiny_pack(tmp_path_factory):
-    from agent.align import align_face
-    from agent.faces import FaceAnalyzer
-    from agent.render import RENDERED_INDICES
+    from agent.detection.landmarks import FaceAnalyzer
+    from agent.synthesis.align import align_face
+    from agent.synthesis.render import RENDERED_INDICES
     from tools.datasets import PackedFaces
 
     rgb = skimage.data.astronaut()
@@ -58,7 +58,7 @@ def test_train_resumes_and_exports(tiny_pack, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative output paths, as a user types them (the export works in a temporary folder)
     assert export_generator.main(["--checkpoint", str(run / "generator_ema.pt"), "--data", str(tiny_pack),
                                   "--models", "models", "--report", "export.json", "--calibration", "8"]) == 0
-    from agent.backends import create_backend
+    from agent.runtime.backends import create_backend
 
     x = np.full((1, 3, 128, 128), -1.0, np.float32)
     for kind in ("onnxruntime", "openvino"):
@@ -104,9 +104,10 @@ def test_expression_loss_compares_the_judges_views(tiny_pack):
 @pytest.fixture(scope="module")
 def tiny_fer_source(tmp_path_factory):
     """Astronaut faces in tools.prepare_expressions' format, labelled round-robin over the 7 emotions."""
-    from agent.align import align_face
-    from agent.faces import FaceAnalyzer
-    from agent.shape import BLENDSHAPES, ShapeNormalizer
+    from agent.detection.landmarks import FaceAnalyzer
+    from agent.synthesis.align import align_face
+    from agent.synthesis.shape import ShapeNormalizer
+    from agent.types import BLENDSHAPES
 
     rgb = skimage.data.astronaut()
     crops, blends, poses, expected = [], [], [], []
@@ -153,42 +154,6 @@ def test_fer_pack_draws_what_the_agent_draws_and_trains(tiny_fer_source, tiny_pa
     assert torch.load(run / "state.pt")["step"] > 1 and (run / "fer_final.png").exists()
 
 
-def test_blend_checkpoints(tmp_path):
-    """The shipped generator is a blend of two checkpoints: weight 0 and 1 give them back, 0.5 their mean."""
-    from tools import blend_checkpoints
-    from tools.generator_model import EdgeGenerator
-
-    paths = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        paths.append(tmp_path / f"g{seed}.pt")
-        torch.save({k: v.half() if v.is_floating_point() else v for k, v in EdgeGenerator().state_dict().items()}, paths[-1])
-    a, b = (torch.load(p) for p in paths)
-    for weight in (0.0, 0.5, 1.0):
-        out = tmp_path / f"blend{weight}.pt"
-        assert blend_checkpoints.main([str(paths[0]), str(paths[1]), "--weight", str(weight), "--out", str(out)]) == 0
-        c = torch.load(out)
-        for k, v in c.items():
-            if v.is_floating_point():
-                assert v.dtype == torch.float16
-                assert torch.allclose(v.float(), (1 - weight) * a[k].float() + weight * b[k].float(), atol=1e-3)
-    EdgeGenerator().load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in c.items()})
-
-    # Above 1 the fine-tune's change is extrapolated; BatchNorm variances must stay positive.
-    b_var = {k: v.clone() for k, v in b.items()}
-    var = next(k for k in b_var if k.endswith("running_var"))
-    b_var[var] = a[var] * 0.2  # the fine-tune shrank this variance: 2x that change crosses zero
-    torch.save(b_var, paths[1])
-    out = tmp_path / "extrapolated.pt"
-    assert blend_checkpoints.main([str(paths[0]), str(paths[1]), "--weight", "2", "--out", str(out)]) == 0
-    c = torch.load(out)
-    conv = next(k for k in c if k.endswith("weight") and c[k].dim() == 4)
-    assert torch.allclose(c[conv].float(), 2 * b[conv].float() - a[conv].float(), atol=2e-3)
-    assert (c[var].float() > 0).all()
-    with pytest.raises(SystemExit, match="0-3"):
-        blend_checkpoints.main([str(paths[0]), str(paths[1]), "--weight", "3.5", "--out", str(out)])
-
-
 def test_mdav_groups_are_small_local_and_cover_every_row():
     from tools.fit_expression_bank import mdav
 
@@ -205,7 +170,7 @@ def test_mdav_groups_are_small_local_and_cover_every_row():
 
 
 def test_match_axes_ignore_constant_blendshapes_and_keep_gaze():
-    from agent.shape import BLENDSHAPES
+    from agent.types import BLENDSHAPES
     from tools.fit_expression_bank import GAZE, match_axes
 
     rng = np.random.default_rng(0)
@@ -224,17 +189,32 @@ def test_match_axes_ignore_constant_blendshapes_and_keep_gaze():
     assert np.allclose(gaze[GAZE, np.arange(len(GAZE))] * spread[GAZE], 1.0) and np.count_nonzero(gaze) == len(GAZE)
 
 
-def test_plot_campaign_draws_the_committed_reports(tmp_path, capsys):
-    """The model card's campaign pictures come from the committed evaluation reports alone."""
-    from tools import plot_campaign
+def test_update_sums_records_the_models_and_the_manifest(tmp_path, capsys):
+    """Rewriting a folder's SHA256SUMS keeps its other entries and always records manifest.yaml, which the
+    agent checks like a model; python -m tools.model_files does that alone and loads the manifest."""
+    import shutil
 
-    frontier, confusion = tmp_path / "frontier.png", tmp_path / "confusion.png"
-    assert plot_campaign.main(["--out", str(frontier), "--confusion-out", str(confusion)]) == 0
-    assert "left out" not in capsys.readouterr().err, "a run the picture names has no report"
-    for png in (frontier, confusion):
-        img = cv2.imread(str(png))
-        assert img is not None and img.shape[0] > 400 and img.std() > 10
-    points, missing = plot_campaign.frontier_points()
-    assert not missing and any(kind == "shipped" for *_, kind in points)
-    counts = plot_campaign.confusion()
-    assert counts.shape == (7, 7) and counts.sum() > 800
+    from agent.runtime.manifest import load_manifest
+    from agent.runtime.model_files import sha256_file, verified_path
+    from tools import model_files
+
+    shipped = load_manifest().folder
+    folder = tmp_path / "models"
+    shutil.copytree(shipped, folder)
+    (folder / "extra.npz").write_bytes(b"extra")
+    with open(folder / "manifest.yaml", "a") as f:
+        f.write("# edited\n")  # the manifest changed too: its old sum no longer holds
+    model_files.update_sums(folder, ["extra.npz"])
+    sums = dict(reversed(line.split()) for line in (folder / "SHA256SUMS").read_text().splitlines())
+    assert sums["extra.npz"] == sha256_file(folder / "extra.npz")
+    assert sums["manifest.yaml"] == sha256_file(folder / "manifest.yaml")
+    assert sums["shape_model.npz"] == sha256_file(shipped / "shape_model.npz")  # the others kept
+    verified_path("manifest.yaml", folder)
+    assert load_manifest(folder).folder == folder
+
+    (folder / "manifest.yaml").write_text((shipped / "manifest.yaml").read_text())
+    assert model_files.main(["--models", str(folder)]) == 0
+    assert "the manifest loads" in capsys.readouterr().out
+    verified_path("manifest.yaml", folder)
+    with pytest.raises(SystemExit):
+        model_files.main(["--models", str(folder), "missing.onnx"])

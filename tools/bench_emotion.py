@@ -43,17 +43,19 @@ def _stats(ms: np.ndarray, faces: int) -> dict:
 
 def main(argv=None):
     os.environ.setdefault("GLOG_minloglevel", "2")
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m tools.bench_emotion", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=300)
-    ap.add_argument("--threads", type=int, default=1, help="inference threads (the agent's default config leaves 0 = runtime's choice)")
+    ap.add_argument("--threads", type=int, default=1, help="inference threads (inference.threads; the default config's 0 is the runtime's choice)")
     ap.add_argument("--report", type=Path, default=ROOT / "reports/bench_emotion.json")
     args = ap.parse_args(argv)
 
     from skimage import data
 
-    from agent.config import ExpressionConfig
-    from agent.expression import ExpressionAnalyzer, grey_crop
-    from agent.faces import FaceAnalyzer
+    from agent.config import Config, InferenceConfig
+    from agent.detection.landmarks import FaceAnalyzer
+    from agent.expression.classifier import grey_crop
+    from agent.expression.metadata import ExpressionAnalyzer
+    from agent.runtime.manifest import load_manifest
 
     rgb = data.astronaut()
     with FaceAnalyzer(max_faces=1, mode="image") as fa:
@@ -61,13 +63,14 @@ def main(argv=None):
     if not faces:
         raise SystemExit("MediaPipe found no face in the astronaut image")
     crop = grey_crop(rgb, faces[0].landmarks)
+    shipped = load_manifest()
     report = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": args.threads,
               "load_avg_1m_at_start": round(os.getloadavg()[0], 2), "repeat": args.repeat, "backends": {}}
     for backend in ("onnxruntime", "openvino"):
+        cfg = Config(inference=InferenceConfig(backend=backend, threads=args.threads))
         r = {}
         for tta in (True, False):
-            cfg = ExpressionConfig(backend=backend, threads=args.threads, flip_tta=tta)
-            ea = ExpressionAnalyzer(cfg)
+            ea = ExpressionAnalyzer(cfg, manifest=shipped.override(emotion={"flip_tta": tta}))
             key = "flip_tta" if tta else "single_pass"
             r[key] = {}
             for n in (1, 4):

@@ -57,7 +57,7 @@ def ov_runner(path: Path, size: int):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m tools.bench_generator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--models", type=Path, default=ROOT / "models")

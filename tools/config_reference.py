@@ -79,7 +79,7 @@ def render() -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.config_reference", description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only check that docs/configuration.md is up to date")
     args = ap.parse_args(argv)
     text = render()

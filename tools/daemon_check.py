@@ -1,6 +1,6 @@
-"""Measure the daemon end to end on a real clip, broker and subscriber (the issue's acceptance figures).
+"""Measure the daemon end to end on a real clip, broker and subscriber: the agent's acceptance figures.
 
-    python tools/daemon_check.py [--clip FILE] [--seconds 10]     # -> reports/daemon_check.json
+    python -m tools.daemon_check [--clip FILE] [--seconds 10]     # -> reports/daemon_check.json
 
 Without --clip it writes a 640x480 15 fps clip of scikit-image's astronaut (public domain) moving.
 It starts mosquitto on a free loopback port, runs ``anoncam run`` on the clip in real time (frames
@@ -11,6 +11,9 @@ dropped like a camera when processing is slower), and reports:
 - how many published frames an independent recognizer (dlib ResNet, the eval extra) still matches to the
   person in the source frame (distance < 0.6);
 - whether a retained ``offline`` is left after ``kill -9`` of a second, looping agent.
+
+Needs mosquitto (apt-get install mosquitto) and, for the identity figures, the eval extra (dlib).
+It drives the agent with the test suite's broker, subscriber and clip helpers (tests/daemon_helpers.py).
 """
 
 from __future__ import annotations
@@ -27,25 +30,24 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
+from tools.reports import ROOT, write_report
+
+sys.path.insert(0, str(ROOT / "tests"))  # the helpers live with the tests that share them
 
 from daemon_helpers import (Broker, FaceOvals, Subscriber, agent_command, agent_env, decode_jpeg, make_clip,  # noqa: E402
                             oval_diff, read_frames, retained, wait_for, write_config)
-from tools.reports import write_report  # noqa: E402
 
 
 def identity_check(frames, frame_ids, source) -> dict:
     """dlib (an independent recognizer) on every published frame against the person in the source frame.
 
     Where dlib finds no face in the published frame, the descriptor is taken at the source's face box,
-    as tools/evaluate.py does, so a face dlib cannot see is still judged.
+    as tools.evaluate does, so a face dlib cannot see is still judged.
     """
     import cv2
 
     try:
-        from tools.evaluate import DLIB_THRESHOLD, DlibRecognizer
+        from tools.evaluation.identity import DLIB_THRESHOLD, DlibRecognizer
         judge = DlibRecognizer()
     except (ImportError, SystemExit) as exc:
         return {"dlib": f"skipped: {exc}"}
@@ -70,7 +72,7 @@ def identity_check(frames, frame_ids, source) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m tools.daemon_check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clip", type=Path, help="640x480 video with one face (default: generated astronaut clip)")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the generated clip")
     ap.add_argument("--no-expression", action="store_true", help="run the agent with expression.enabled: false")

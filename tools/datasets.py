@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import zipfile
 from pathlib import Path
@@ -39,10 +38,10 @@ def decode_rgb(data: bytes) -> np.ndarray | None:
 
 
 class PackedFaces:
-    """Aligned face crops (encoded WebP) plus crop-space landmarks (agent.render.RENDERED_INDICES rows) in one compact .npz file.
+    """Aligned face crops (encoded WebP) plus crop-space landmarks (agent.synthesis.render.RENDERED_INDICES rows) in one compact .npz file.
 
     Compact on purpose: it is what travels to a GPU machine (64 MiB limit), and rendering of the
-    conditioning happens there with the same ``agent.render`` code.
+    conditioning happens there with the same ``agent.synthesis.render`` code.
     """
 
     def __init__(self, path: Path):

@@ -1,9 +1,9 @@
 """Torch definitions of the emotion classifiers, and a loader for the trained checkpoint.
 
 Input contract of the crop classifier (the exported ``emotion.int8`` model has the same one):
-``(N, 1, 48, 48)`` float32, the face aligned with ``agent.align.align_face`` at 48 px, converted to
+``(N, 1, 48, 48)`` float32, the face aligned with ``agent.synthesis.align.align_face`` at 48 px, converted to
 grey (OpenCV RGB2GRAY weights) and scaled to [0, 1]. Output: ``(N, 7)`` logits in
-``agent.expression.EMOTIONS`` order (angry, disgust, fear, happy, neutral, sad, surprise).
+``agent.types.EMOTIONS`` order (angry, disgust, fear, happy, neutral, sad, surprise).
 
 For the generator's expression-consistency loss (frozen judge)::
 

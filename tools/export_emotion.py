@@ -3,7 +3,7 @@
     python -m tools.export_emotion                  # tools/checkpoints/emotion_cnn.pt -> models/emotion.int8.*
 
 Calibration uses real aligned FER training crops (tools.prepare_expressions); agreement with the
-FP32 model and FER val accuracy of each INT8 model, loaded through agent.backends.create_backend
+FP32 model and FER val accuracy of each INT8 model, loaded through agent.runtime.backends.create_backend
 exactly as the agent loads it, go to reports/emotion_export.json. Updates models/SHA256SUMS.
 """
 
@@ -54,7 +54,7 @@ def _infer_all(backend, x: np.ndarray, batch: int = 64) -> np.ndarray:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m tools.export_emotion", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
     ap.add_argument("--cache", type=Path, default=CACHE)
     ap.add_argument("--calibration", type=int, default=512)
@@ -62,7 +62,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
 
-    from agent.backends import create_backend
+    from agent.runtime.backends import create_backend
 
     train_d, val_d = load_split("train", args.cache), load_split("val", args.cache)
     rng = np.random.default_rng(0)

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agent.align import CROP_SIZE
-from agent.render import render_conditioning, to_network_input
+from agent.synthesis.align import CROP_SIZE
+from agent.synthesis.render import render_conditioning, to_network_input
 from tools.datasets import CACHE, PackedFaces
 from tools.generator_model import EdgeGenerator, for_export
 from tools.model_files import MODELS, ROOT, update_sums
@@ -105,7 +105,7 @@ def export(g: EdgeGenerator, args, work: Path) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m tools.export_generator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "tools/checkpoints/generator_ema.pt")
     ap.add_argument("--data", type=Path, default=CACHE)
     ap.add_argument("--name", default="generator")

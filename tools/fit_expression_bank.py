@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from agent.shape import BLENDSHAPES, EXPRESSION_BANK, ExpressionBank
+from agent.types import BLENDSHAPES
+from agent.expression.bank import EXPRESSION_BANK, ExpressionBank
 from tools.datasets import CACHE, is_heldout_identity
 from tools.fit_shape_model import _init, _items, _process
 from tools.model_files import MODELS, ROOT, update_sums
@@ -149,7 +150,7 @@ def measure_pooling(bank: ExpressionBank, heldout: np.ndarray, heldout_ids: np.n
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m tools.fit_expression_bank", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-set", type=int, default=2500, help="photos analysed from each face set (as tools.fit_shape_model)")
     ap.add_argument("--fer", type=Path, default=CACHE / "fer_train.npz", help="FER2013 train as analysed by tools.prepare_expressions")
     ap.add_argument("--fer-val", type=Path, default=CACHE / "fer_val.npz", help="FER2013 val, for the report only")

@@ -9,12 +9,12 @@ only about 54 % agreement. This tool measures the missing shading once, offline.
    framed like the generator's crop) of the FER2013 train faces labelled with it that the agent's
    emotion classifier also reads as it with a score above ``--prototype`` (its plainest faces), minus
    the mean of the seven, and minus each texture's own mean over the face oval: brightness is the
-   tone matcher's job (agent/compose.py), and a texture that darkened the whole face would make it a
+   tone matcher's job (agent/composition/compose.py), and a texture that darkened the whole face would make it a
    different face, not a different expression.
 2. Gains. The agent adds the texture of the emotion a face is drawn as, times that emotion's gain.
    Each gain is chosen from ``--gains`` on the FER2013 val faces that tools.evaluate does not score
-   (with its default --fer-limit and --seed), by the independent judge's agreement there: the same
-   split that fixed the generator routing of step 6. The largest gain offered stays at 6 because
+   (with its default --fer-limit and --seed), by the independent judge's agreement there: the faces
+   the evaluation scores never tune what it measures. The largest gain offered stays at 6 because
    beyond it the shading no longer looks like skin (sample sheet in the report folder).
 
 Each texture is a mean over hundreds to thousands of faces, so it holds no one's face; what the
@@ -38,17 +38,19 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from agent.align import CROP_SIZE
-from agent.guard import seal
-from agent.config import AnonymizerConfig, ExpressionConfig
-from agent.expression import EMOTIONS, EmotionClassifier
+from agent.composition.guard import seal
+from agent.config import Config, InferenceConfig
+from agent.expression.classifier import EmotionClassifier
 from agent.pipeline import Anonymizer
-from agent.render import RENDERED_INDICES
-from agent.shape import ShapeNormalizer, features
-from agent.texture import EXPRESSION_TEXTURE, ExpressionTexture
-from agent.topology import FACE_OVAL_POLYGON
+from agent.runtime.manifest import load_manifest
+from agent.synthesis.align import CROP_SIZE
+from agent.synthesis.render import RENDERED_INDICES
+from agent.synthesis.shape import ShapeNormalizer, features
+from agent.synthesis.texture import EXPRESSION_TEXTURE, ExpressionTexture
+from agent.synthesis.topology import FACE_OVAL_POLYGON
+from agent.types import EMOTIONS
 from tools.datasets import CACHE, FER_VAL_ZIP
-from tools.evaluate import ExpressionJudge, fer_items, fer_rgb
+from tools.evaluation.expression import ExpressionJudge, fer_items, fer_rgb
 from tools.model_files import MODELS, ROOT, update_sums
 from tools.reports import write_report
 
@@ -107,7 +109,8 @@ def choose_gains(agree: np.ndarray, drawn: np.ndarray, gains: list[float]) -> tu
 
 def prototype_faces(crops: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
     """Which faces the agent's classifier reads as their own label with a score above ``threshold``."""
-    clf = EmotionClassifier(ExpressionConfig(backend="onnxruntime"))
+    spec = load_manifest().emotion
+    clf = EmotionClassifier(InferenceConfig(backend="onnxruntime"), spec.classifier, spec.flip_tta)
     scores = np.concatenate([clf.probabilities(crops[i:i + 512]) for i in tqdm(range(0, len(crops), 512), desc="classify")])
     return scores[np.arange(len(labels)), labels] > threshold
 
@@ -117,7 +120,9 @@ def tune_gains(textures: np.ndarray, gains: list[float], fer_limit: int, seed: i
     scored = {name for name, _ in fer_items(fer_limit, seed)}
     names = [name for name, _ in fer_items(0, seed) if name not in scored]
     judge = ExpressionJudge()
-    anonymizer = Anonymizer(AnonymizerConfig(threads=1, expression_texture=0.0), mode="image")
+    # The shipped pipeline without its texture: each candidate gain is applied to the same generated faces.
+    untextured = load_manifest().override(generator={"texture_gain": 0.0})
+    anonymizer = Anonymizer(Config(inference=InferenceConfig(threads=1)), mode="image", manifest=untextured)
     tex = ExpressionTexture.from_arrays(textures, np.ones(len(EMOTIONS)))
     cases = []
     try:
@@ -131,7 +136,7 @@ def tune_gains(textures: np.ndarray, gains: list[float], fer_limit: int, seed: i
         anonymizer.close()
     drawn = np.array([int(np.argmax(jobs[0].drawn_emotion)) for _, _, jobs, _ in cases])
     agree = np.zeros((len(gains), len(cases)), bool)
-    cfg = AnonymizerConfig()
+    g_spec = untextured.generator
     for gi, g in enumerate(gains):
         for n, (rgb, original, jobs, analysis) in enumerate(tqdm(cases, desc=f"judge gain {g:g}", leave=False)):
             shaded = []
@@ -140,7 +145,7 @@ def tune_gains(textures: np.ndarray, gains: list[float], fer_limit: int, seed: i
                 if j.generated is not None and j.drawn_emotion is not None:
                     j.generated = tex.apply(j.generated, j.drawn_emotion, g)
                 shaded.append(j)
-            out = seal(rgb, analysis, shaded, cfg.feather, cfg.tone_match, cfg.surround)
+            out = seal(rgb, analysis, shaded, g_spec.feather, g_spec.tone_match, g_spec.surround)
             agree[gi, n] = judge.label(np.asarray(out.pixels)) == original
     chosen, rates = choose_gains(agree, drawn, gains)
     picked = np.array([agree[gains.index(chosen[e]), n] for n, e in enumerate(drawn)])
@@ -173,7 +178,7 @@ def texture_sheet(textures: np.ndarray, gains: np.ndarray | None = None, scale: 
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m tools.fit_expression_texture", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fer", type=Path, default=CACHE / "fer_train.npz", help="FER2013 train as analysed by tools.prepare_expressions")
     ap.add_argument("--prototype", type=float, default=0.8,
                     help="average only faces the agent's classifier reads as their label with a score above this")

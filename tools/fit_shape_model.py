@@ -5,12 +5,12 @@ also reports 52 blendshapes (expression) and the head rotation. This tool fits a
 (blendshapes, rotation) to the aligned 128 px crop landmarks that the generator is conditioned on,
 over training identities only. What the regression predicts is the shape an average person makes
 with that expression and pose; what it leaves unexplained is mostly the person's own shape.
-At run time ``agent.shape`` draws the prediction instead of the person's landmarks.
+At run time ``agent.synthesis.shape`` draws the prediction instead of the person's landmarks.
 
     python -m tools.fit_shape_model            # -> models/shape_model.npz, models/SHA256SUMS
     python -m tools.fit_shape_model --fer 5000 # + FER2013 train faces (needs tools.prepare_expressions)
 
-Runs the camera's code path (agent.faces -> agent.align) on the shared training photos. The photo sets
+Runs the camera's code path (agent.detection.landmarks -> agent.synthesis.align) on the shared training photos. The photo sets
 are mostly smiling or neutral, so a regression fitted on them alone knows little of how a frown or a
 grimace moves the landmarks; ``--fer N`` adds N FER2013 train faces (all seven emotions, as analysed
 by tools.prepare_expressions with the same code path) and reports the fit on FER2013 val too.
@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from agent.align import CROP_SIZE, alignment_matrix, transform_points
-from agent.render import RENDERED_INDICES
-from agent.shape import BLENDSHAPES, features, features_from_pose
+from agent.synthesis.align import CROP_SIZE, alignment_matrix, transform_points
+from agent.synthesis.render import RENDERED_INDICES
+from agent.types import BLENDSHAPES
+from agent.synthesis.shape import features, features_from_pose
 from tools.datasets import CACHE, CELEBA_ZIP, UTK_ZIP, decode_rgb, is_heldout_identity, iter_zip_images
 from tools.model_files import MODELS, ROOT, update_sums
 from tools.reports import write_report
@@ -39,7 +40,7 @@ def _init():
     global _analyzer
     import cv2
 
-    from agent.faces import FaceAnalyzer
+    from agent.detection.landmarks import FaceAnalyzer
 
     cv2.setNumThreads(1)
     _analyzer = FaceAnalyzer(max_faces=1, mode="image")
@@ -88,13 +89,13 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m tools.fit_shape_model", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-set", type=int, default=2500, help="photos sampled from each face set")
     ap.add_argument("--ridge", type=float, default=1.0)
     ap.add_argument("--fer", type=int, default=0, help="also fit on this many FER2013 train faces (0 = none, -1 = all)")
     ap.add_argument("--fer-dir", type=Path, default=CACHE, help="where tools.prepare_expressions wrote fer_{train,val}.npz")
     ap.add_argument("--identity-components", type=int, default=16,
-                    help="principal directions of identity shape kept for anonymizer.identity_variation")
+                    help="principal directions of identity shape kept for the manifest's generator.identity_variation")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--models", type=Path, default=MODELS)
     ap.add_argument("--report", type=Path, default=ROOT / "reports/shape_model.json")
@@ -118,7 +119,7 @@ def main(argv=None):
         return 1.0 - float(((y - x @ w) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
 
     # How identities differ from the prediction, as principal directions: the agent can draw a face on
-    # a random plausible other person's shape (anonymizer.identity_variation) instead of the average.
+    # a random plausible other person's shape (the manifest's generator.identity_variation) instead of the average.
     resid = ys[:photos] - xs[:photos] @ w
     _, sv, vt = np.linalg.svd(resid - resid.mean(0), full_matrices=False)
     k = args.identity_components

@@ -104,7 +104,7 @@ def check_clip(path: Path, expected: int) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.make_demo_clip", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--seconds", type=float, default=6.0)
     args = p.parse_args(argv)

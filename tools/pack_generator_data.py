@@ -1,4 +1,4 @@
-"""Pack FER2013 train faces for the generator's expression loss (tools/train_generator.py --fer).
+"""Pack FER2013 train faces for the generator's expression loss (python -m tools.train_generator --fer).
 
     python -m tools.prepare_expressions              # once: ~/.cache/anoncam/fer_train.npz
     python -m tools.pack_generator_data              # -> ~/.cache/anoncam/fer_generator.npz
@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.shape import ShapeNormalizer, features_from_pose
+from agent.synthesis.shape import ShapeNormalizer, features_from_pose
 from tools.datasets import CACHE, EMOTIONS, PackedFaces
 
 
@@ -53,7 +53,7 @@ class PackedFer:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m tools.pack_generator_data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", type=Path, default=CACHE / "fer_train.npz", help="output of tools.prepare_expressions")
     ap.add_argument("--out-dir", type=Path, default=CACHE, help="writes fer_generator.npz here")
     ap.add_argument("--faces", type=int, default=0,

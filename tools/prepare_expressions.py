@@ -5,10 +5,10 @@
 Each 48x48 grey FER face is upscaled 4x to 192x192 with INTER_CUBIC and given a 48 px replicated
 border (288x288): BlazeFace's short-range detector wants some context around a face and misses
 more of these tight crops without it. MediaPipe's FaceLandmarker then runs in IMAGE mode
-(agent.faces.FaceAnalyzer) and agent.align.align_face cuts the aligned crop, exactly as at run
+(agent.detection.landmarks.FaceAnalyzer) and agent.synthesis.align.align_face cuts the aligned crop, exactly as at run
 time. If the padded image yields no face, the plain 192x192 upscale is tried once more.
 
-Stored per image: the aligned grey crop (agent.expression.CROP_SIZE px), the 52 blendshapes, the
+Stored per image: the aligned grey crop (agent.expression.classifier.CROP_SIZE px), the 52 blendshapes, the
 478 crop-space landmarks (normalised to [0, 1]), head pose, the label and whether MediaPipe found
 the face. For faces MediaPipe misses (about 10 %) there are no blendshapes or landmarks; their crop
 is the raw FER image warped by the median FER-to-crop alignment of the faces that were found, so it
@@ -27,8 +27,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from agent.align import align_face
-from agent.expression import BLENDSHAPE_NAMES, CROP_SIZE
+from agent.synthesis.align import align_face
+from agent.expression.classifier import CROP_SIZE
+from agent.types import BLENDSHAPES as BLENDSHAPE_NAMES
 from tools.datasets import CACHE, EMOTIONS, FER_TRAIN_ZIP, FER_VAL_ZIP, iter_zip_images
 
 UPSCALE = 4
@@ -39,7 +40,7 @@ _analyzer = None
 def _init():
     global _analyzer
     os.environ.setdefault("GLOG_minloglevel", "2")
-    from agent.faces import FaceAnalyzer
+    from agent.detection.landmarks import FaceAnalyzer
 
     cv2.setNumThreads(1)
     _analyzer = FaceAnalyzer(max_faces=1, mode="image")
@@ -143,7 +144,7 @@ def prepare(zip_path: Path, out_path: Path, workers: int, limit: int = 0, fallba
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m tools.prepare_expressions", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=CACHE)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="a random N images of each split (smoke runs)")

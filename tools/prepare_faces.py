@@ -1,6 +1,6 @@
 """Prepare generator training data: detect, align and pack every face of the shared face sets.
 
-Runs the camera's own code path (agent.faces.FaceAnalyzer -> agent.align.align_face), so the
+Runs the camera's own code path (agent.detection.landmarks.FaceAnalyzer -> agent.synthesis.align.align_face), so the
 generator is trained on exactly the crops it will see at run time.
 
     python -m tools.prepare_faces            # -> ~/.cache/anoncam/faces128_{train,heldout}.npz
@@ -16,11 +16,10 @@ import multiprocessing as mp
 from pathlib import Path
 
 import cv2
-import numpy as np
 from tqdm import tqdm
 
-from agent.align import CROP_SIZE, align_face
-from agent.render import RENDERED_INDICES
+from agent.synthesis.align import CROP_SIZE, align_face
+from agent.synthesis.render import RENDERED_INDICES
 from tools.datasets import CACHE, CELEBA_ZIP, UTK_ZIP, PackedFaces, decode_rgb, is_heldout_identity, iter_zip_images
 
 _analyzer = None
@@ -28,7 +27,7 @@ _analyzer = None
 
 def _init():
     global _analyzer
-    from agent.faces import FaceAnalyzer
+    from agent.detection.landmarks import FaceAnalyzer
 
     cv2.setNumThreads(1)
     _analyzer = FaceAnalyzer(max_faces=1, mode="image")
@@ -49,7 +48,7 @@ def _process(item):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m tools.prepare_faces", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=CACHE)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--quality", type=int, default=85, help="WebP quality of the packed crops")

