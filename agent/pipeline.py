@@ -55,14 +55,18 @@ class Anonymizer:
     """Stills (``mode="image"``) or streams (``mode="video"``, tracking between frames)."""
 
     def __init__(self, cfg: Config | None = None, mode: str = "image",
-                 emotion_classifier: EmotionClassifier | None = None, manifest: Manifest | None = None):
+                 emotion_classifier: EmotionClassifier | None = None, manifest: Manifest | None = None,
+                 seed: int | None = None):
         """``emotion_classifier``: the metadata stage's classifier, shared by the generator router
         (then each face is classified once per frame); by default the router loads its own.
-        ``manifest``: the models and their settings (default: the models folder's own)."""
-        self.cfg = cfg = cfg or Config()
-        inference = cfg.inference
-        self.manifest = manifest = manifest or load_manifest(inference.models_dir)
+        ``manifest``: the models and their settings (default: the models folder's own); every model
+        is loaded from its folder. ``seed``: for the random face shapes of identity_variation
+        (evaluations repeat; unset: different on every start)."""
+        cfg = cfg or Config()
+        self.manifest = manifest = manifest or load_manifest(cfg.inference.models_dir)
         folder = manifest.folder
+        self.cfg = cfg = cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"models_dir": folder})})
+        inference = cfg.inference
         # Streams skip the mirrored pass and turn the frame every third one only: there a face found
         # stays covered for hold_ms after it is lost, and the time goes to the frame rate.
         stills = mode == "image"
@@ -75,7 +79,7 @@ class Anonymizer:
             min_detection_confidence=manifest.landmarker.min_detection_confidence, model_folder=folder,
             detector=detector, min_mesh_size=manifest.detector.min_mesh_size, file=manifest.landmarker.file,
         )
-        self.synthesizer = _synthesizer(cfg, manifest, emotion_classifier)
+        self.synthesizer = _synthesizer(cfg, manifest, emotion_classifier, seed)
         self.backend = self.synthesizer.backend
 
     def analyze(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> list[Face]:
@@ -130,7 +134,8 @@ class Anonymizer:
         self.analyzer.close()
 
 
-def _synthesizer(cfg: Config, manifest: Manifest, classifier: EmotionClassifier | None) -> Synthesizer:
+def _synthesizer(cfg: Config, manifest: Manifest, classifier: EmotionClassifier | None,
+                 seed: int | None) -> Synthesizer:
     inference, spec, folder = cfg.inference, manifest.generator, manifest.folder
     routes = spec.by_emotion
     # Faces whose emotion cannot be read are drawn as neutral ones; the default generator is
@@ -151,7 +156,7 @@ def _synthesizer(cfg: Config, manifest: Manifest, classifier: EmotionClassifier 
         shape = ShapeNormalizer(spec.identity_normalization, folder, spec.expression_neighbours, spec.shape_model,
                                 ExpressionBank(folder, manifest.emotion.bank) if spec.expression_neighbours else None)
     return Synthesizer(generators[default], shape=shape, regenerate_every=spec.regenerate_every,
-                       identity_variation=spec.identity_variation, generators=generators if routes else {},
+                       identity_variation=spec.identity_variation, seed=seed, generators=generators if routes else {},
                        router=router, texture=texture, texture_strength=spec.texture_gain)
 
 

@@ -20,7 +20,7 @@ class ExpressionBank:
 
     Blendshapes identify people as well as their expression (a face's resting squint, the shape of
     its smile): drawn as they are, the generated face stays recognisable. The bank
-    (``models/expression_bank.npz``, fitted by ``tools/fit_expression_bank.py``) holds only means
+    (``models/expression_bank.npz``, fitted by ``python -m tools.fit_expression_bank``) holds only means
     of groups of training faces, never one person's blendshapes. "Nearest" is measured along the
     bank's matching axes only: the linear discriminants of the FER2013 emotions and the gaze
     blendshapes. The expressions pooled share the face's emotion and gaze and differ in the rest,

@@ -49,8 +49,8 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 class EmotionClassifier:
     """Batches of aligned grey crops -> class probabilities.
 
-    The crop CNN alone: a blendshape + landmark-geometry MLP was trained too (tools/train_emotion.py,
-    candidate B, 0.56 on FER val) and fusing it did not beat the CNN on held-out val faces, so the
+    The crop CNN alone: a blendshape + landmark-geometry MLP was trained too (0.56 on FER val;
+    docs/history.md) and fusing it did not beat the CNN on held-out val faces, so the
     blendshapes are reported as measured, not fed to the classifier.
     """
 

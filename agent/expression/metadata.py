@@ -98,11 +98,12 @@ class ExpressionAnalyzer:
                  classifier: EmotionClassifier | None = None):
         cfg = cfg or Config()
         manifest = manifest or load_manifest(cfg.inference.models_dir)
+        inference = cfg.inference.model_copy(update={"models_dir": manifest.folder})  # every model from one folder
         spec = manifest.emotion
         self.enabled = cfg.expression.enabled
         self.classifier = None
         if self.enabled:
-            self.classifier = classifier or EmotionClassifier(cfg.inference, spec.classifier, spec.flip_tta)
+            self.classifier = classifier or EmotionClassifier(inference, spec.classifier, spec.flip_tta)
         bank = None if cfg.experimental.raw_blendshapes else ExpressionBank(manifest.folder, spec.bank)
         self.blendshapes = BlendshapeReport(bank, spec.blendshape_neighbours)
         # smoothing is the weight of the history, so the newest frame weighs 1 - smoothing.

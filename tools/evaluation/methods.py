@@ -60,11 +60,10 @@ class AnoncamMethod:
         from agent.expression.bank import ExpressionBank
         from agent.pipeline import Anonymizer
 
-        self.anonymizer = Anonymizer(cfg, mode="image", manifest=manifest)
+        # Seeded: identity_variation's random face shapes are the same in every run.
+        self.anonymizer = Anonymizer(cfg, mode="image", manifest=manifest, seed=seed)
         self.feather = manifest.generator.feather
         synthesizer = self.anonymizer.synthesizer
-        # The pipeline draws identity_variation's random face shapes unseeded; a run must be repeatable.
-        synthesizer._rng = np.random.default_rng(seed)
         if random_expression:
             if synthesizer.shape is None:
                 raise ValueError("random_expression needs the expression drawn on an average face shape "
