@@ -46,12 +46,12 @@ def test_train_resumes_and_exports(tiny_pack, tmp_path, monkeypatch):
     from tools import export_generator, train_generator
 
     run = tmp_path / "run"
-    args = ["--data", str(tiny_pack), "--run", str(run), "--minutes", "0.05", "--batch", "4", "--workers", "1"]
-    assert train_generator.main(args) == 0
+    args = ["--data", str(tiny_pack), "--run", str(run), "--minutes", "5", "--batch", "4", "--workers", "1"]
+    assert train_generator.main([*args, "--max-steps", "2"]) == 0
     first = torch.load(run / "state.pt")["step"]
-    assert first > 0 and (run / "samples_final.png").exists() and (run / "generator_ema.pt").exists()
-    assert train_generator.main(args) == 0
-    assert torch.load(run / "state.pt")["step"] > first, "a rerun must continue from the saved state"
+    assert first == 2 and (run / "samples_final.png").exists() and (run / "generator_ema.pt").exists()
+    assert train_generator.main([*args, "--max-steps", "4"]) == 0
+    assert torch.load(run / "state.pt")["step"] == 4, "a rerun must continue from the saved state"
 
     out = tmp_path / "models"
     report = tmp_path / "export.json"
@@ -150,7 +150,7 @@ def test_fer_pack_draws_what_the_agent_draws_and_trains(tiny_fer_source, tiny_pa
 
     run = tmp_path / "run"
     assert train_generator.main(["--data", str(data), "--fer", str(data / "fer_generator.npz"), "--run", str(run),
-                                 "--minutes", "0.05", "--batch", "2", "--workers", "1", "--d-warmup", "1"]) == 0
+                                 "--minutes", "5", "--max-steps", "3", "--batch", "2", "--workers", "1", "--d-warmup", "1"]) == 0
     assert torch.load(run / "state.pt")["step"] > 1 and (run / "fer_final.png").exists()
 
 
@@ -218,3 +218,47 @@ def test_update_sums_records_the_models_and_the_manifest(tmp_path, capsys):
     verified_path("manifest.yaml", folder)
     with pytest.raises(SystemExit):
         model_files.main(["--models", str(folder), "missing.onnx"])
+
+
+def test_head_generator_trains_on_whole_head_crops_and_resumes(tmp_path):
+    """The head pack holds what the agent cuts at run time; training sees the surroundings, never the head."""
+
+    from agent.detection.landmarks import FaceAnalyzer
+    from agent.synthesis.align import transform_points
+    from agent.synthesis.head import HEAD_SIZE, head_mask, head_matrix
+    from tools import train_head
+    from tools.generator_model import EdgeGenerator
+    from tools.prepare_heads import PackedHeads
+
+    photo = skimage.data.astronaut()
+    with FaceAnalyzer(max_faces=1) as fa:
+        (face,) = fa.detect(photo)
+    encoded, valid, landmarks = [], [], []
+    for shift in range(4):
+        lm = face.landmarks.copy()
+        lm[:, 0] += 3 * shift
+        m = head_matrix(lm)
+        crop = cv2.warpAffine(photo, m, (HEAD_SIZE, HEAD_SIZE))
+        inside = cv2.warpAffine(np.full(photo.shape[:2], 255, np.uint8), m, (HEAD_SIZE, HEAD_SIZE))
+        encoded.append(cv2.imencode(".webp", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))[1].tobytes())
+        valid.append(cv2.imencode(".png", inside)[1].tobytes())
+        landmarks.append(transform_points(m, lm).astype(np.float32))
+    for split in ("train", "heldout"):
+        PackedHeads.save(tmp_path / f"heads{HEAD_SIZE}_{split}.npz", HEAD_SIZE, encoded, valid, landmarks,
+                         ["a"] * 4, ["test"] * 4)
+    pack = PackedHeads(tmp_path / f"heads{HEAD_SIZE}_train.npz")
+    mask = head_mask(pack.landmarks[0])
+    # The head region holds the whole face and reaches above the brows into the hair.
+    oval_top = pack.landmarks[0][10, 1]
+    assert mask[int(oval_top) - 10, HEAD_SIZE // 2] == 1 and 0.15 < mask.mean() < 0.6
+    assert pack.valid(0).min() == 0 and pack.valid(0).max() == 255  # the crop reaches past the photo's edge
+
+    run = tmp_path / "run"
+    args = ["--data", str(tmp_path), "--run", str(run), "--minutes", "5", "--batch", "2", "--workers", "1"]
+    assert train_head.main([*args, "--max-steps", "2"]) == 0
+    assert train_head.main([*args, "--max-steps", "3"]) == 0
+    assert torch.load(run / "state.pt")["step"] == 3, "a rerun must continue from the saved state"
+    g = EdgeGenerator(in_ch=train_head.IN_CH)
+    g.load_state_dict({k: v.float() for k, v in torch.load(run / "head_generator_ema.pt").items()})
+    out = g.eval()(torch.zeros(1, train_head.IN_CH, HEAD_SIZE, HEAD_SIZE))
+    assert out.shape == (1, 3, HEAD_SIZE, HEAD_SIZE)

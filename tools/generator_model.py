@@ -86,12 +86,15 @@ def for_export(g: "EdgeGenerator") -> "EdgeGenerator":
 
 
 class EdgeGenerator(nn.Module):
-    """128x128 conditioning (3 ch, [-1, 1]) -> 128x128 RGB face crop ([-1, 1])."""
+    """128x128 conditioning (3 ch, [-1, 1]) -> 128x128 RGB face crop ([-1, 1]).
 
-    def __init__(self, widths=(16, 32, 64, 128, 256), res_blocks=1, refine_from_level=2):
+    ``in_ch`` 7: the head generator, whose input is the conditioning, the head's surroundings (the
+    crop with the head blanked) and the head mask (tools.train_head); any side divisible by 16."""
+
+    def __init__(self, widths=(16, 32, 64, 128, 256), res_blocks=1, refine_from_level=2, in_ch=3):
         super().__init__()
         w = widths
-        self.stem = conv_bn(3, w[0])  # 128
+        self.stem = conv_bn(in_ch, w[0])  # 128
         self.down = nn.ModuleList([conv_bn(w[i], w[i + 1], 2) for i in range(len(w) - 1)])  # 64, 32, 16, 8
         self.mid = nn.Sequential(*[ResBlock(w[-1]) for _ in range(res_blocks)])
         # A second conv per decoder level only at 32 px and coarser: at 64 and 128 px it would cost
@@ -137,9 +140,9 @@ class PatchDiscriminator(nn.Module):
 class MultiScaleDiscriminator(nn.Module):
     """Two PatchGANs, at full and half resolution: one judges texture, the other face layout."""
 
-    def __init__(self):
+    def __init__(self, ch: int = 64):
         super().__init__()
-        self.d = nn.ModuleList([PatchDiscriminator(), PatchDiscriminator()])
+        self.d = nn.ModuleList([PatchDiscriminator(ch=ch), PatchDiscriminator(ch=ch)])
 
     def forward(self, cond, img):
         outs = []

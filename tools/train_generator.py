@@ -149,6 +149,7 @@ def parser() -> argparse.ArgumentParser:
                     help="train only the discriminator for this many steps first (a fresh D beside an --init G)")
     ap.add_argument("--workers", type=int, default=max(1, min(16, mp.cpu_count())))
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training faces (smoke runs)")
+    ap.add_argument("--max-steps", type=int, default=0, help="also stop after this many steps (smoke runs; 0: time only)")
     ap.add_argument("--checkpoint-minutes", type=float, default=2.0)
     return ap
 
@@ -356,7 +357,7 @@ def main(argv=None):
     ema_buffers, g_buffers = list(nets.G_ema.buffers()), list(nets.G.buffers())
     bar = tqdm(total=int(budget), unit="s", desc="train", bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}s {postfix}")
     ema_decay = 0.999
-    while (elapsed := time.time() - t_start) < budget:
+    while (elapsed := time.time() - t_start) < budget and not (args.max_steps and nets.step >= args.max_steps):
         # Linear decay over the last half of this run's budget settles the GAN before export.
         lr = args.lr * min(1.0, 2.0 * (1.0 - elapsed / budget))
         for group in (*nets.optG.param_groups, *nets.optD.param_groups):
