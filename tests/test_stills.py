@@ -359,3 +359,14 @@ def test_a_bad_flag_is_one_line_before_any_model_loads(tmp_path, astronaut, flag
         args = (command, src, tmp_path / "out.png") if command == "anonymize" else (command, src)
         p = anoncam(*args, flag, value)
         assert p.returncode == 2 and p.stderr.strip().splitlines() == [f"anoncam: error: {says}"], p.stderr
+
+
+def test_an_unwritable_output_is_one_line_per_file_and_exit_1(tmp_path, inputs):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where OUTPUT's folder would go")
+    p = anoncam("anonymize", inputs / "face.jpg", blocked / "out" / "face.jpg", "--backend", "onnxruntime")
+    assert p.returncode == 1, p.stderr
+    errors = [line for line in p.stderr.splitlines() if line.startswith("anoncam: error:")]
+    assert len(errors) == 1 and "cannot write" in errors[0] and "Traceback" not in p.stderr, p.stderr
+    assert "0 image(s) written" in p.stdout and "1 failed" in p.stdout
+    assert not list(tmp_path.rglob("*.part"))

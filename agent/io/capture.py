@@ -83,6 +83,13 @@ def parse_source(uri: str | int) -> Source:
     return Source("file", str(path), cv2.CAP_FFMPEG, uri)
 
 
+def _cannot_open(source: Source) -> str:
+    if source.kind == "v4l2":
+        return (f"capture.source {source.uri}: no camera there (is it plugged in? see `ls /dev/video*`); "
+                "check capture.source")
+    return f"capture.source {source.uri}: cannot open it; check the URL, its credentials and that the camera is reachable"
+
+
 def open_video(source: Source, cfg: CaptureConfig, timeout_s: float = READ_TIMEOUT_S):
     """Open ``source`` with OpenCV; returns a VideoCapture that may or may not be opened."""
     params = []
@@ -129,7 +136,12 @@ class Capture:
         self.native_fps: float | None = None
         self.connected = False
         self.counters = {"read": 0, "dropped": 0, "corrupt": 0, "reconnects": 0, "open_failures": 0}
-        if self.source.kind == "file":
+        self._first = None  # a live source's first open, made here so that one missing at start is an error
+        if self.source.live:
+            self._first = self._open()
+            if self._first is None:
+                raise CaptureError(_cannot_open(self.source))
+        else:
             # Fail now, with a clear message, rather than as a silent end of file later.
             cap = self._opener(self.source, self.cfg)
             ok = cap.isOpened() and cap.read()[0]
@@ -165,6 +177,9 @@ class Capture:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        elif self._first is not None:  # opened but never started
+            self._first.release()
+            self._first = None
 
     # -- reader thread -------------------------------------------------------------------------
 
@@ -186,7 +201,7 @@ class Capture:
     def _loop(self):
         src = self.source
         self._retry_s = self.backoff.min_s
-        cap = None
+        cap, self._first = self._first, None
         try:
             while not self._stop.is_set():
                 if cap is None:

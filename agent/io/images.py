@@ -6,6 +6,7 @@ The anonymizer works on RGB; these helpers convert in and out while keeping the 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import cv2
@@ -116,15 +117,22 @@ def from_rgb(rgb: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 def write_image(path: Path, pixels: np.ndarray) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ext = path.suffix.lower() or ".png"
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext in (".jpg", ".jpeg") else []
     ok, enc = cv2.imencode(ext, pixels, params)
     if not ok:
         raise ImageError(f"cannot encode {path} as {ext}")
+    # Written whole beside the target, then renamed: a reader never sees half an image.
     tmp = path.with_name(path.name + ".part")
-    enc.tofile(tmp)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        enc.tofile(tmp)
+        tmp.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise ImageError(f"cannot write {path}: {exc.strerror or exc}; check that its folder can be created "
+                         "and written and that the disk has room") from None
 
 
 def image_files(src: Path) -> tuple[list[Path], int]:
