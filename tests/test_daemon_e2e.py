@@ -291,3 +291,30 @@ def test_subprocess_kill9_leaves_retained_offline(mosquitto, astronaut_clip, tmp
     finally:
         terminate(proc, signal.SIGKILL)
         sub.close()
+
+
+def test_counters_agree_with_what_the_subscriber_received(mosquitto, astronaut_clip):
+    sub = Subscriber(mosquitto.port, "test/#")
+    try:
+        agent = every_frame(config(mosquitto.port, astronaut_clip))
+        assert agent.run(max_frames=12) == 0
+        assert wait_for(lambda: sub.topic("availability") and sub.topic("availability")[-1].payload == b"offline")
+        received = len(sub.topic("meta"))
+        last = json.loads(sub.topic("stats")[-1].payload)
+    finally:
+        sub.close()
+    # The last stats leave after every frame: what they say was sent is what arrived.
+    assert last["frames"]["sent"] == received == len(sub.topic("frame")) == 12
+    assert agent.last_stats["frames"]["sent"] == 12 and last["frames"]["lost"] == 0
+
+
+def test_an_unreachable_broker_is_not_reported_as_published(astronaut_clip):
+    from daemon_helpers import free_port
+
+    proc = subprocess.run(agent_command("run", "--source", str(astronaut_clip), "--broker", f"127.0.0.1:{free_port()}",
+                                        "--max-frames", "5"), env=agent_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(x for x in proc.stderr.splitlines() if "frames read" in x)
+    assert "sent over MQTT 0" in line and "analysed 5" in line, line
+    assert "5 still buffered at exit" in line, line

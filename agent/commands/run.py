@@ -29,8 +29,11 @@ def run(args) -> int:
     agent = Agent(args.config, source=args.source, broker=args.broker)
     code = agent.run(max_frames=args.max_frames)
     if agent.last_stats:
-        s = agent.last_stats
-        log.info("frames read %d, published %d (%d masked), fail-closed %d, dropped by capture %d, by buffer %d",
-                 s["frames"]["read"], s["frames"]["published"], s["frames"]["published_masked"],
-                 s["fail_closed"]["total"], s["frames"]["dropped_capture"], s["frames"]["dropped_buffer"])
+        f = agent.last_stats["frames"]
+        unsent = f["published"] - f["sent"] - f["dropped_buffer"] - f["expired_buffer"] - f["lost"]
+        log.info("frames read %d, analysed %d, queued %d (%d masked stand-ins), sent over MQTT %d; not sent: "
+                 "%d failed closed, %d skipped by capture, %d dropped from the full buffer, %d expired in it, %d lost "
+                 "with the connection, %d still buffered at exit", f["read"], f["processed"], f["published"],
+                 f["published_masked"], f["sent"], f["dropped_failed"], f["dropped_capture"], f["dropped_buffer"],
+                 f["expired_buffer"], f["lost"], max(unsent, 0))
     return code

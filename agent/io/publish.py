@@ -28,6 +28,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import paho.mqtt.client as mqtt
@@ -130,7 +131,9 @@ class Publisher:
         self._flush_deadline = 0.0
         self.connected = False
         self.last_error: str | None = None
-        self.counters = {"published": 0, "buffer_dropped": 0, "expired": 0, "connects": 0, "connect_failures": 0}
+        self.counters = {"published": 0, "buffer_dropped": 0, "expired": 0, "lost": 0, "connects": 0,
+                         "connect_failures": 0}
+        self._final_stats: Callable[[], dict] | None = None
 
     @property
     def protocol(self) -> str:
@@ -175,10 +178,13 @@ class Publisher:
         with self._lock:
             return len(self._buffer)
 
-    def close(self, flush_s: float = 5.0) -> None:
-        """Send what is buffered (up to ``flush_s``), a retained ``offline``, then disconnect."""
+    def close(self, flush_s: float = 5.0, final_stats: Callable[[], dict] | None = None) -> None:
+        """Send what is buffered (up to ``flush_s``), then ``final_stats()`` (made once everything
+        before it has left, so its counts are what a subscriber received), a retained ``offline``,
+        and disconnect."""
         if self._thread is None:
             return
+        self._final_stats = final_stats
         self._flush_deadline = time.monotonic() + flush_s
         self._closing.set()
         self._thread.join(timeout=flush_s + 10)
@@ -282,19 +288,23 @@ class Publisher:
             if rc != mqtt.MQTT_ERR_SUCCESS or not self.connected:
                 self.connected = False
                 self._client = None
+                # Frames handed to the connection that never left it: counted, not retried (QoS 0).
+                self.counters["lost"] += sum(is_frame for info, is_frame in inflight if not info.is_published())
+                inflight.clear()
                 continue
-            while inflight and inflight[0].is_published():
-                inflight.popleft()
+            while inflight and inflight[0][0].is_published():
+                self.counters["published"] += inflight.popleft()[1]
             self._send_pending(client, inflight)
             if self._closing.is_set() and not inflight and self.buffered == 0:
-                break
+                if self._send_final_stats(client):
+                    break
         self._shutdown()
 
     def _send_pending(self, client: mqtt.Client, inflight: deque):
         with self._lock:
             stats, self._stats = self._stats, None
         if stats is not None:
-            inflight.append(client.publish(self.topics["stats"], stats, qos=0, properties=self._props("application/json")))
+            inflight.append((client.publish(self.topics["stats"], stats, qos=0, properties=self._props("application/json")), 0))
         while len(inflight) < _INFLIGHT:
             with self._lock:
                 if not self._buffer:
@@ -306,11 +316,23 @@ class Publisher:
                 continue
             if entry.jpeg is not None:
                 expiry = max(1, round(self.frame_expiry_s - age))
-                inflight.append(client.publish(self.topics["frame"], entry.jpeg, qos=0,
-                                               properties=self._props("image/jpeg", entry, expiry)))
-            inflight.append(client.publish(self.topics["meta"], entry.meta, qos=0,
-                                           properties=self._props("application/json", entry)))
-            self.counters["published"] += 1
+                inflight.append((client.publish(self.topics["frame"], entry.jpeg, qos=0,
+                                                properties=self._props("image/jpeg", entry, expiry)), 0))
+            inflight.append((client.publish(self.topics["meta"], entry.meta, qos=0,
+                                            properties=self._props("application/json", entry)), 1))
+
+    def _send_final_stats(self, client: mqtt.Client) -> bool:
+        """At close, with nothing left to send: the last stats message. True once it has left."""
+        make, self._final_stats = self._final_stats, None
+        if make is None:
+            return True
+        info = client.publish(self.topics["stats"], json.dumps(make(), separators=(",", ":")).encode(), qos=0,
+                              properties=self._props("application/json"))
+        deadline = time.monotonic() + 2
+        while not info.is_published() and time.monotonic() < deadline:
+            if client.loop(0.02) != mqtt.MQTT_ERR_SUCCESS:
+                break
+        return True
 
     def _props(self, content_type: str, entry: _Entry | None = None, expiry: int | None = None) -> Properties | None:
         if self._protocol != mqtt.MQTTv5:

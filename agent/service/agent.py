@@ -194,13 +194,19 @@ class Agent:
         if self.capture is not None:
             self.capture.stop()
         if self.publisher is not None:
-            self.last_stats = self.stats_snapshot(reset=True)
-            self.publisher.publish_stats(self.last_stats)
-            self.publisher.close()
+            self.last_stats = None
+            # The last stats leave after every frame before them, so their counts are what arrived.
+            self.publisher.close(final_stats=self._final_stats)
+            if self.last_stats is None:  # the broker was away: the counts still say what was (not) sent
+                self.last_stats = self.stats_snapshot(reset=True)
         if self.anonymizer is not None:
             self.anonymizer.close()
             self.anonymizer = None
         self.notifier.close()
+
+    def _final_stats(self) -> dict:
+        self.last_stats = self.stats_snapshot(reset=True)
+        return self.last_stats
 
     def _loop(self, max_frames: int | None) -> int:
         """Two stages: this thread analyses frame N+1 while the output thread replaces, describes and

@@ -76,6 +76,7 @@ class Stats:
                 "expired_buffer": pub.get("expired", 0),
                 "corrupt": cap.get("corrupt", 0),
                 "sent": pub.get("published", 0),
+                "lost": pub.get("lost", 0),
             },
             "fail_closed": {**self.fail_closed, "total": sum(self.fail_closed.values())},
             "faces": dict(self.faces),
