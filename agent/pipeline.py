@@ -109,7 +109,8 @@ class Anonymizer:
                 log.warning("face could not be aligned (%s); masking it", exc)
                 jobs.append(_hull_job(face, exc))
         t1 = time.perf_counter()
-        self.synthesizer.run([j for j in jobs if j.error is None], to_rgb8(rgb) if self.router is not None else None)
+        wants_frame = self.router is not None or self.synthesizer.head
+        self.synthesizer.run([j for j in jobs if j.error is None], to_rgb8(rgb) if wants_frame else None)
         t2 = time.perf_counter()
         g = self.manifest.generator
         frame = seal(rgb, analysis, jobs, g.feather, g.tone_match, g.surround)
@@ -137,19 +138,19 @@ class Anonymizer:
 def _synthesizer(cfg: Config, manifest: Manifest, classifier: EmotionClassifier | None,
                  seed: int | None) -> Synthesizer:
     inference, spec, folder = cfg.inference, manifest.generator, manifest.folder
-    routes = spec.by_emotion
+    routes = {} if spec.head else spec.by_emotion
     # Faces whose emotion cannot be read are drawn as neutral ones; the default generator is
     # loaded only if some emotion has no generator of its own (or routing is off).
-    default = routes.get("neutral", spec.default)
+    default = spec.head or routes.get("neutral", spec.default)
     generators = {n: create_backend(inference.backend, n, folder, inference.device, inference.threads)
                   for n in sorted(spec.names())}
     router = texture = None
-    if routes or spec.texture_gain > 0:
+    if routes or (spec.texture_gain > 0 and not spec.head):
         # The texture needs the emotion as much as the routes do: without routes the router only
         # reads it, and every face goes to the default generator.
         classifier = classifier or EmotionClassifier(inference, manifest.emotion.classifier, manifest.emotion.flip_tta)
         router = EmotionRouter(classifier, routes, default=spec.default)
-    if spec.texture_gain > 0:
+    if spec.texture_gain > 0 and not spec.head:
         texture = ExpressionTexture(folder, spec.texture)
     shape = None
     if spec.identity_normalization > 0 and not cfg.experimental.own_landmarks:
@@ -157,7 +158,7 @@ def _synthesizer(cfg: Config, manifest: Manifest, classifier: EmotionClassifier 
                                 ExpressionBank(folder, manifest.emotion.bank) if spec.expression_neighbours else None)
     return Synthesizer(generators[default], shape=shape, regenerate_every=spec.regenerate_every,
                        identity_variation=spec.identity_variation, seed=seed, generators=generators if routes else {},
-                       router=router, texture=texture, texture_strength=spec.texture_gain)
+                       router=router, texture=texture, texture_strength=spec.texture_gain, head=bool(spec.head))
 
 
 def _hull_job(face: Face, exc: Exception) -> FaceJob:

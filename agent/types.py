@@ -147,3 +147,4 @@ class FaceJob:
     generator: str | None = None  # the generator chosen for this face (EmotionRouter); None: the default one
     emotion: tuple | None = None  # (classifier, its probabilities for the real face) when the router read it
     drawn_emotion: np.ndarray | None = None  # (7,) the emotion scores the face is drawn with (smoothed per track)
+    region: np.ndarray | None = None  # (S, S) float32 in crop space: what is replaced (head jobs); None: the face oval

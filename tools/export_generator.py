@@ -1,6 +1,7 @@
 """Export the trained generator: ONNX FP32 -> INT8 for ONNX Runtime (QDQ) and OpenVINO (NNCF).
 
     python -m tools.export_generator --checkpoint tools/checkpoints/generator_ema.pt
+    python -m tools.export_generator --head --checkpoint runs/head/head_generator_ema.pt --name head-generator
 
 The decoder is exported in its sub-pixel form (tools.generator_model.SubPixelUp: same outputs).
 Writes models/generator.int8.onnx and models/generator.int8.{xml,bin}, updates models/SHA256SUMS,
@@ -38,14 +39,31 @@ def conditioning_batch(pack_path: Path, count: int, seed: int) -> np.ndarray:
     return to_network_input(np.stack([render_conditioning(pack.landmarks[i], CROP_SIZE) for i in idx]))
 
 
-def load_generator(checkpoint: Path) -> EdgeGenerator:
-    g = EdgeGenerator()
+def head_batch(pack_path: Path, count: int, seed: int) -> np.ndarray:
+    """Head generator inputs (conditioning, surroundings, head region) from head packs, as the agent builds them."""
+    from agent.synthesis.head import head_mask
+    from agent.synthesis.render import RENDERED_INDICES
+    from tools.prepare_heads import PackedHeads
+
+    pack = PackedHeads(pack_path)
+    idx = np.random.default_rng(seed).choice(len(pack), size=min(count, len(pack)), replace=False)
+    out = []
+    for i in idx:
+        region = head_mask(pack.landmarks[i], pack.size)
+        cond = to_network_input(render_conditioning(pack.landmarks[i][RENDERED_INDICES], pack.size))[0]
+        keep = (1.0 - region) * (pack.valid(i) > 0)
+        out.append(np.concatenate([cond, to_network_input(pack.image(i))[0] * keep, (region * 2 - 1)[None]]))
+    return np.stack(out).astype(np.float32)
+
+
+def load_generator(checkpoint: Path, in_ch: int = 3) -> EdgeGenerator:
+    g = EdgeGenerator(in_ch=in_ch)
     g.load_state_dict({k: v.float() for k, v in torch.load(checkpoint, map_location="cpu").items()})
     return g.eval()
 
 
-def export_onnx(g: torch.nn.Module, path: Path, size: int = CROP_SIZE, opset: int = 17) -> None:
-    x = torch.zeros(1, 3, size, size)
+def export_onnx(g: torch.nn.Module, path: Path, size: int = CROP_SIZE, opset: int = 17, in_ch: int = 3) -> None:
+    x = torch.zeros(1, in_ch, size, size)
     torch.onnx.export(g, x, str(path), opset_version=opset, input_names=["conditioning"], output_names=["face"],
                       dynamic_axes={"conditioning": {0: "batch"}, "face": {0: "batch"}}, dynamo=False)
 
@@ -73,10 +91,17 @@ def run_openvino(xml: Path, x: np.ndarray) -> np.ndarray:
 def export(g: EdgeGenerator, args, work: Path) -> None:
     args.models.mkdir(parents=True, exist_ok=True)
     fp32 = work / f"{args.name}.fp32.onnx"
-    export_onnx(for_export(g), fp32)
+    if args.head:
+        from agent.synthesis.head import HEAD_SIZE
+
+        export_onnx(for_export(g), fp32, size=HEAD_SIZE, in_ch=g.stem[0].in_channels)
+        calib = head_batch(args.data / f"heads{HEAD_SIZE}_train.npz", args.calibration, seed=0)
+        test = head_batch(args.data / f"heads{HEAD_SIZE}_heldout.npz", 64, seed=1)
+    else:
+        export_onnx(for_export(g), fp32)
+        calib = conditioning_batch(args.data / f"faces{CROP_SIZE}_train.npz", args.calibration, seed=0)
+        test = conditioning_batch(args.data / f"faces{CROP_SIZE}_heldout.npz", 64, seed=1)
     print(f"ONNX FP32 -> {fp32}")
-    calib = conditioning_batch(args.data / f"faces{CROP_SIZE}_train.npz", args.calibration, seed=0)
-    test = conditioning_batch(args.data / f"faces{CROP_SIZE}_heldout.npz", 64, seed=1)
 
     onnx_int8 = args.models / f"{args.name}.int8.onnx"
     ov_xml = args.models / f"{args.name}.int8.xml"
@@ -110,6 +135,7 @@ def main(argv=None):
     ap.add_argument("--data", type=Path, default=CACHE)
     ap.add_argument("--name", default="generator")
     ap.add_argument("--calibration", type=int, default=300)
+    ap.add_argument("--head", action="store_true", help="a head generator checkpoint (tools.train_head): 7 input channels")
     ap.add_argument("--report", type=Path, default=ROOT / "reports/generator_export.json")
     ap.add_argument("--models", type=Path, default=MODELS, help="where the INT8 models and SHA256SUMS go")
     args = ap.parse_args(argv)
@@ -117,7 +143,7 @@ def main(argv=None):
     for name in ("checkpoint", "data", "report", "models"):
         setattr(args, name, getattr(args, name).resolve())
 
-    g = load_generator(args.checkpoint)
+    g = load_generator(args.checkpoint, in_ch=7 if args.head else 3)
     # Each export works in its own folder: the FP32 model must be this checkpoint's, never a leftover.
     with tempfile.TemporaryDirectory(prefix="anoncam-export-") as tmp:
         export(g, args, Path(tmp))

@@ -47,18 +47,22 @@ def face_region(job: FaceJob, frame_shape, feather: float) -> Region | None:
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
     if x1 <= x0 or y1 <= y0:
         return None
-    # Mask in crop space: the oval, grown by half the feather so the soft edge lies outside the
-    # oval and the whole face is covered at full weight.
-    crop_mask = np.zeros((size, size), np.float32)
-    cv2.fillPoly(crop_mask, [np.round(oval * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
+    # Mask in crop space: the oval (or a head job's head region), grown by half the feather so the
+    # soft edge lies outside it and the whole region is covered at full weight.
+    if job.region is not None:
+        inside = (job.region > 0.5).astype(np.float32)
+        crop_mask = job.region.astype(np.float32)
+    else:
+        inside = np.zeros((size, size), np.float32)
+        cv2.fillPoly(inside, [np.round(oval * 16).astype(np.int32)], 1.0, cv2.LINE_8, 4)
+        crop_mask = np.zeros((size, size), np.float32)
+        cv2.fillPoly(crop_mask, [np.round(oval * 16).astype(np.int32)], 1.0, cv2.LINE_AA, 4)
     sigma = max(feather * size, 0.0)
     if sigma > 0:
         k = int(sigma * 2) | 1
         crop_mask = cv2.dilate(crop_mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
         crop_mask = cv2.GaussianBlur(crop_mask, (0, 0), sigma / 2)
-        # Keep the oval itself fully covered: feathering only adds weight outside it.
-        inside = np.zeros_like(crop_mask)
-        cv2.fillPoly(inside, [np.round(oval * 16).astype(np.int32)], 1.0, cv2.LINE_8, 4)
+        # Keep the region itself fully covered: feathering only adds weight outside it.
         crop_mask = np.maximum(crop_mask, inside)
     to_box = inv.copy()
     to_box[:, 2] -= (x0, y0)

@@ -26,6 +26,7 @@ from agent.expression.classifier import (
 from agent.expression.smoothing import TrackSmoother
 from agent.io.images import to_rgb8
 from agent.runtime.manifest import Manifest, load_manifest
+from agent.synthesis.head import face_framed
 from agent.types import BLENDSHAPES, EMOTIONS, Face, FaceJob, blendshape_vector
 
 META_SCHEMA = "anoncam.meta/1"  # the value of every message's "schema" field
@@ -45,6 +46,11 @@ def _emotion(scores: np.ndarray) -> dict:
 def _box(face: Face, w: int, h: int) -> list[float]:
     x0, y0, x1, y1 = face.box
     return [round(max(0.0, x0), 1), round(max(0.0, y0), 1), round(min(float(w), x1), 1), round(min(float(h), y1), 1)]
+
+
+def _face_view(job: FaceJob) -> np.ndarray:
+    """The synthetic face as the classifier reads faces: in the face's alignment crop."""
+    return job.generated if job.region is None else face_framed(job.generated, job.face.landmarks, job.matrix)
 
 
 def frame_message(faces: list[dict], *, camera: str, frame_id: int, timestamp: float, shape, status: str = "anonymized",
@@ -187,7 +193,7 @@ class ExpressionAnalyzer:
                 anon[i] = hit[1]
             else:
                 fresh.append(i)
-        crops += [crop_to_input(jobs[i].generated) for i in fresh]
+        crops += [crop_to_input(_face_view(jobs[i])) for i in fresh]
         probs = self.classifier.probabilities(np.stack(crops) if crops else np.zeros((0, CROP_SIZE, CROP_SIZE), np.uint8))
         anon.update(zip(fresh, probs[n_real:]))
         real.update({i: probs[r] for i, r in rows.items()})

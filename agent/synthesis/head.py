@@ -12,7 +12,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from agent.synthesis.align import LEFT_EYE, MOUTH, RIGHT_EYE
+from agent.synthesis.align import CROP_SIZE, LEFT_EYE, MOUTH, RIGHT_EYE, alignment_matrix, transform_points
+from agent.synthesis.render import to_network_input
 from agent.synthesis.topology import FACE_OVAL_POLYGON
 
 HEAD_SIZE = 192
@@ -69,3 +70,41 @@ def head_mask(crop_landmarks: np.ndarray, size: int = HEAD_SIZE) -> np.ndarray:
                      [x1, mouth_y], [x0, mouth_y]])
     cv2.fillPoly(mask, [np.round(band * 16).astype(np.int32)], 255, cv2.LINE_AA, 4)
     return mask.astype(np.float32) / 255.0
+
+
+def _affine3(m: np.ndarray) -> np.ndarray:
+    return np.vstack([m, [0.0, 0.0, 1.0]])
+
+
+def face_to_head(landmarks: np.ndarray, head: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+    """2x3 map from the face's alignment crop (``size`` px) to its head crop (matrix ``head``)."""
+    return (_affine3(head) @ np.linalg.inv(_affine3(alignment_matrix(landmarks, size))))[:2]
+
+
+def head_geometry(landmarks: np.ndarray, size: int = HEAD_SIZE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frame -> head crop matrix, the mesh in head-crop pixels, the head region in the crop)."""
+    m = head_matrix(landmarks, size)
+    crop_landmarks = transform_points(m, landmarks).astype(np.float32)
+    return m, crop_landmarks, head_mask(crop_landmarks, size)
+
+
+def generator_input(rgb8: np.ndarray, matrix: np.ndarray, region: np.ndarray, conditioning: np.ndarray) -> np.ndarray:
+    """(7, S, S) float32: the head generator's input for one face (as tools.train_head builds it):
+    the conditioning, the head crop of the frame with the head (and what lies outside the frame)
+    at 0, and the head region in [-1, 1]. No pixel of the head itself goes in."""
+    size = region.shape[0]
+    shrink = abs(np.linalg.det(matrix[:, :2])) < 1.0
+    crop = cv2.warpAffine(rgb8, matrix, (size, size), flags=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT)
+    inside = cv2.warpAffine(np.ones(rgb8.shape[:2], np.uint8), matrix, (size, size), flags=cv2.INTER_NEAREST,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    keep = (1.0 - region) * (inside > 0)
+    surroundings = to_network_input(crop)[0] * keep[None]
+    return np.concatenate([to_network_input(conditioning)[0], surroundings, (region * 2 - 1)[None]]).astype(np.float32)
+
+
+def face_framed(generated: np.ndarray, landmarks: np.ndarray, head: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+    """A generated head crop seen in the face's alignment crop (``size`` px), as the emotion
+    classifier and the expression texture expect faces."""
+    to_face = cv2.invertAffineTransform(face_to_head(landmarks, head, size))
+    return cv2.warpAffine(generated, to_face, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)

@@ -12,6 +12,7 @@ import numpy as np
 
 from agent.runtime.backends import InferenceBackend
 from agent.synthesis.align import CROP_SIZE, alignment_matrix, transform_points
+from agent.synthesis.head import HEAD_SIZE, face_to_head, generator_input, head_geometry
 from agent.synthesis.render import (
     from_network_output,
     render_conditioning,
@@ -40,9 +41,14 @@ class Synthesizer:
                  shape: ShapeNormalizer | None = None, regenerate_every: int = 1, identity_variation: float = 0.0,
                  seed: int | None = None, generators: dict[str, InferenceBackend] | None = None,
                  router: EmotionRouter | None = None, texture: ExpressionTexture | None = None,
-                 texture_strength: float = 1.0):
+                 texture_strength: float = 1.0, head: bool = False):
         """``texture``: with a router, each generated face gets the shading of the emotion it is drawn
-        as, ``texture_strength`` times the fitted gain (agent/synthesis/texture.py)."""
+        as, ``texture_strength`` times the fitted gain (agent/synthesis/texture.py). ``head``: the
+        backend is a head generator (agent/synthesis/head.py): it redraws the whole head in a head
+        crop from the conditioning and the head's surroundings, and the region it replaces is the head."""
+        self.head = head
+        if head:
+            size, generators, texture = HEAD_SIZE, {}, None
         self.backend = backend
         self.texture = texture if router is not None and texture_strength > 0 else None
         self.texture_strength = texture_strength
@@ -60,6 +66,9 @@ class Synthesizer:
         self._crops: dict[int, tuple[np.ndarray, int, str | None]] = {}  # track id -> (crop, frame made, generator)
 
     def prepare(self, face: Face) -> FaceJob:
+        if self.head:
+            m, crop_landmarks, region = head_geometry(face.landmarks, self.size)
+            return FaceJob(face, m, crop_landmarks, self.size, region=region)
         m = alignment_matrix(face.landmarks, self.size)
         return FaceJob(face, m, transform_points(m, face.landmarks).astype(np.float32), self.size)
 
@@ -67,6 +76,12 @@ class Synthesizer:
         # The mask follows the real landmarks; only the generator's view loses the person's shape.
         if self.shape is None:
             drawn = job.crop_landmarks
+        elif self.head:
+            # The shape model draws in the face's alignment crop; the head crop is another view of it.
+            face_matrix = alignment_matrix(job.face.landmarks, CROP_SIZE)
+            in_face = self.shape(transform_points(face_matrix, job.face.landmarks), job.face,
+                                 self._identity(job.face.track_id))
+            drawn = transform_points(face_to_head(job.face.landmarks, job.matrix), in_face)
         else:
             drawn = self.shape(job.crop_landmarks, job.face, self._identity(job.face.track_id))
         return render_conditioning(drawn, self.size)
@@ -91,7 +106,7 @@ class Synthesizer:
         self._frame += 1
         fresh = self._select(jobs)
         self._route(fresh, rgb8)
-        self._generate(fresh)
+        self._generate(fresh, rgb8)
         crops = {}
         for j in jobs:
             tid = j.face.track_id
@@ -144,20 +159,27 @@ class Synthesizer:
         """Every generator this synthesizer may call (the default one first)."""
         return [self.backend] + [b for b in self.generators.values() if b is not self.backend]
 
-    def _generate(self, jobs: list[FaceJob]):
+    def _generate(self, jobs: list[FaceJob], rgb8: np.ndarray | None = None):
         groups: dict[str | None, list[FaceJob]] = {}
         for j in jobs:
             groups.setdefault(j.generator if j.generator in self.generators else None, []).append(j)
         for name, group in groups.items():
-            self._generate_with(self.generators[name] if name is not None else self.backend, group)
+            self._generate_with(self.generators[name] if name is not None else self.backend, group, rgb8)
 
-    def _generate_with(self, backend: InferenceBackend, jobs: list[FaceJob]):
+    def _inputs(self, jobs: list[FaceJob], rgb8: np.ndarray | None) -> np.ndarray:
+        if not self.head:
+            return to_network_input(np.stack([j.conditioning for j in jobs]))
+        if rgb8 is None:
+            raise ValueError("the head generator needs the frame (its surroundings of each head)")
+        return np.stack([generator_input(rgb8, j.matrix, j.region, j.conditioning) for j in jobs])
+
+    def _generate_with(self, backend: InferenceBackend, jobs: list[FaceJob], rgb8: np.ndarray | None = None):
         for start in range(0, len(jobs), self.max_batch):
             chunk = jobs[start:start + self.max_batch]
             try:
                 for j in chunk:
                     j.conditioning = self.condition(j)
-                out = backend.infer(to_network_input(np.stack([j.conditioning for j in chunk])))
+                out = backend.infer(self._inputs(chunk, rgb8))
                 if out.shape != (len(chunk), 3, self.size, self.size) or not np.isfinite(out).all():
                     raise ValueError(f"generator returned {out.shape} with non-finite values" if out.ndim == 4 else f"bad output shape {out.shape}")
                 for j, img in zip(chunk, from_network_output(out)):
