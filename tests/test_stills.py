@@ -351,7 +351,10 @@ def test_a_decompression_bomb_fails_alone_with_one_line(tmp_path, astronaut):
     assert (tmp_path / "out" / "face.png").exists() and not (tmp_path / "out" / "bomb.png").exists()
 
 
-@pytest.mark.parametrize("flag, value, says", [("--max-faces", "0", "--max-faces: Input should be greater than or equal to 1")])
+@pytest.mark.parametrize("flag, value, says", [
+    ("--max-faces", "0", "--max-faces: Input should be greater than or equal to 1"),
+    ("--device", "banana", "--device: Value error, must be an OpenVINO device"),
+])
 def test_a_bad_flag_is_one_line_before_any_model_loads(tmp_path, astronaut, flag, value, says):
     src = tmp_path / "face.png"
     cv2.imwrite(str(src), cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))
