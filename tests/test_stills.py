@@ -353,7 +353,7 @@ def test_a_decompression_bomb_fails_alone_with_one_line(tmp_path, astronaut):
 
 @pytest.mark.parametrize("flag, value, says", [
     ("--max-faces", "0", "--max-faces: Input should be greater than or equal to 1"),
-    ("--device", "banana", "--device: Value error, must be an OpenVINO device"),
+    ("--device", "banana", "--device: Value error, must be an OpenVINO device: CPU, GPU, GPU.1, NPU or AUTO"),
 ])
 def test_a_bad_flag_is_one_line_before_any_model_loads(tmp_path, astronaut, flag, value, says):
     src = tmp_path / "face.png"

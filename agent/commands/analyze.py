@@ -31,6 +31,7 @@ def register(sub):
     p.add_argument("--anonymized", action="store_true",
                    help="also anonymize each face and report whether the synthetic face kept the emotion (expression_kept)")
     p.add_argument("--backend", choices=("openvino", "onnxruntime", "auto"), help="inference backend (default: config, else auto)")
+    p.add_argument("--device", help="OpenVINO device: CPU, GPU or NPU (default: config, else CPU)")
     p.add_argument("--config", type=Path, help="YAML config (its inference, anonymizer, expression and experimental "
                                                "sections are used)")
     p.add_argument("--max-faces", type=int, help="faces meshed and described per image, largest first "
@@ -59,7 +60,7 @@ def _summary(msg: dict) -> str:
 
 
 def run(args) -> int:
-    cfg = command_config(args.config, backend=args.backend, max_faces=args.max_faces)
+    cfg = command_config(args.config, backend=args.backend, device=args.device, max_faces=args.max_faces)
     if not cfg.expression.enabled:
         cfg = cfg.model_copy(update={"expression": cfg.expression.model_copy(update={"enabled": True})})
     if not args.input.exists():
