@@ -254,10 +254,16 @@ def test_head_generator_trains_on_whole_head_crops_and_resumes(tmp_path):
     assert pack.valid(0).min() == 0 and pack.valid(0).max() == 255  # the crop reaches past the photo's edge
 
     run = tmp_path / "run"
-    args = ["--data", str(tmp_path), "--run", str(run), "--minutes", "5", "--batch", "2", "--workers", "1"]
+    args = ["--data", str(tmp_path), "--run", str(run), "--minutes", "5", "--batch", "2", "--workers", "1",
+            "--resume", str(tmp_path / "none.pt")]  # start from the face generator, not the committed state
     assert train_head.main([*args, "--max-steps", "2"]) == 0
     assert train_head.main([*args, "--max-steps", "3"]) == 0
     assert torch.load(run / "state.pt")["step"] == 3, "a rerun must continue from the saved state"
+    # The compact state continues a fresh run where this one stopped.
+    again = tmp_path / "again"
+    assert train_head.main([*args[:3], str(again), *args[4:-2], "--resume", str(run / "head_train.pt"),
+                            "--max-steps", "4"]) == 0
+    assert torch.load(again / "state.pt")["step"] == 4
     g = EdgeGenerator(in_ch=train_head.IN_CH)
     g.load_state_dict({k: v.float() for k, v in torch.load(run / "head_generator_ema.pt").items()})
     out = g.eval()(torch.zeros(1, train_head.IN_CH, HEAD_SIZE, HEAD_SIZE))

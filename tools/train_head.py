@@ -15,8 +15,9 @@ PatchGAN on the composite (synthetic head in the real surroundings) and discrimi
     python -m tools.train_head --minutes 12 --data DIR --run DIR  # the same on a CUDA GPU
 
 Resumable and time-budgeted like tools.train_generator: RUN/state.pt (everything to resume) every
-few minutes and at the end, RUN/head_generator_ema.pt (EMA weights, fp16: the checkpoint to commit
-and export), RUN/samples_*.png (conditioning | surroundings | composite | real, held-out faces; they
+few minutes and at the end, RUN/head_train.pt (the same without the optimizers, fp16: committed as
+tools/checkpoints/head_train.pt, from which a fresh run continues), RUN/head_generator_ema.pt (EMA
+weights, fp16: the checkpoint to export), RUN/samples_*.png (conditioning | surroundings | composite | real, held-out faces; they
 show dataset photos and stay in runs/, which is gitignored) and RUN/log.jsonl.
 """
 
@@ -51,8 +52,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--minutes", type=float, default=30.0, help="training time budget (data loading not counted)")
     ap.add_argument("--data", type=Path, default=CACHE, help=f"folder with heads{HEAD_SIZE}_train.npz (and _heldout)")
     ap.add_argument("--run", type=Path, default=Path("runs/head"))
+    ap.add_argument("--resume", type=Path, default=Path("tools/checkpoints/head_train.pt"),
+                    help="continue from this committed compact state when the run has none of its own")
     ap.add_argument("--init", type=Path, default=Path("tools/checkpoints/generator_ema.pt"),
-                    help="seed G from this face generator checkpoint when the run has no state yet")
+                    help="else seed G from this face generator checkpoint")
     ap.add_argument("--batch", type=int, default=0, help="default: 64 on CUDA, 8 on CPU")
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--l1", type=float, default=100.0)
@@ -104,6 +107,15 @@ def seed_from_face_generator(G: EdgeGenerator, path: Path) -> None:
     G.load_state_dict(state)
 
 
+def compact_state(state_path: Path, out: Path) -> None:
+    """The run's networks in fp16 without the optimizers' moments: small enough to commit, so that
+    training continues on another day or machine (``--resume``)."""
+    st = torch.load(state_path, map_location="cpu")
+    half = {name: {k: (v.half() if v.is_floating_point() else v) for k, v in st[name].items()}
+            for name in ("G", "D", "G_ema")}
+    torch.save({**half, "step": st["step"], "trained_s": st["trained_s"]}, out)
+
+
 class Trainer:
     def __init__(self, args, dev):
         self.args, self.dev = args, dev
@@ -130,6 +142,14 @@ class Trainer:
                 getattr(self, name).load_state_dict(st[name])
             self.step, self.trained_s = st["step"], st.get("trained_s", 0.0)
             print(f"resumed {self.state_path} at step {self.step} ({self.trained_s / 60:.1f} min trained)")
+        elif args.resume and args.resume.exists():
+            st = torch.load(args.resume, map_location=dev)
+            for name in ("G", "D", "G_ema"):
+                getattr(self, name).load_state_dict({k: v.float() if v.is_floating_point() else v
+                                                     for k, v in st[name].items()})
+            self.step, self.trained_s = st["step"], st["trained_s"]
+            print(f"continued from {args.resume} at step {self.step} ({self.trained_s / 60:.1f} min trained; "
+                  "fresh optimizer moments)")
         else:
             if args.init and args.init.exists():
                 seed_from_face_generator(self.G, args.init)
@@ -183,6 +203,7 @@ class Trainer:
         (run / "state.pt.tmp").replace(run / "state.pt")
         torch.save({k: (v.half() if v.is_floating_point() else v).cpu() for k, v in self.G_ema.state_dict().items()},
                    run / "head_generator_ema.pt")
+        compact_state(run / "state.pt", run / "head_train.pt")
         with torch.no_grad():
             b = self.batch_of(self.samples, torch.arange(self.samples[0].shape[0], device=self.dev))
             x = generator_input(b.cond, b.real, b.mask, b.valid)
