@@ -192,12 +192,12 @@ def load_config(path: str | Path | None, cls=Config):
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        lines = []
+        problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"])
             msg = "unknown key (check spelling; see docs/configuration.md)" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"  {where}: {msg}")
-        raise ConfigError(f"{path} is invalid:\n" + "\n".join(lines)) from None
+            problems.append(f"{where}: {' '.join(msg.split())}")
+        raise ConfigError(f"{path} is invalid: " + "; ".join(problems)) from None
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

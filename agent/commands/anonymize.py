@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -63,6 +64,8 @@ def run(args) -> int:
     anonymizer = Anonymizer(cfg, mode="image")
     counts = {"images": 0, "faces_replaced": 0, "faces_covered": 0, "no_face": 0, "failed": 0}
     failures = []
+    stopped = False
+    restore = _stop_on_sigterm()
     try:
         for src, dst in tqdm(pairs, desc="anonymize", unit="img", disable=len(pairs) < 2 or not sys.stderr.isatty()):
             try:
@@ -79,13 +82,27 @@ def run(args) -> int:
             counts["faces_covered"] += result.frame.faces_masked
             if not result.frame.faces:
                 counts["no_face"] += 1
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every file written is whole; stop and say so
+        stopped = True
     finally:
         anonymizer.close()
+        signal.signal(signal.SIGTERM, restore)
     for msg in failures:
         print(f"anoncam: error: {msg}", file=sys.stderr)
     print(
         f"{counts['images']} image(s) written, {counts['faces_replaced']} face(s) replaced, "
         f"{counts['faces_covered']} covered, {counts['no_face']} with no face (written unchanged), "
         f"{counts['failed']} failed" + (f", {skipped} other file(s) skipped" if skipped else "")
+        + (f"; stopped by a signal, {len(pairs) - counts['images'] - counts['failed']} not done" if stopped else "")
     )
+    if stopped:
+        return 130
     return 1 if counts["failed"] else 0
+
+
+def _stop_on_sigterm():
+    """SIGTERM stops the batch like Ctrl-C: the current file is dropped whole, the summary printed."""
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, stop)

@@ -128,11 +128,14 @@ def write_image(path: Path, pixels: np.ndarray) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         enc.tofile(tmp)
         tmp.replace(path)
-    except OSError as exc:
+    except BaseException as exc:  # also a stop signal: no half-written .part is left behind
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise ImageError(f"cannot write {path}: {exc.strerror or exc}; check that its folder can be created "
-                         "and written and that the disk has room") from None
+        if not isinstance(exc, OSError):
+            raise
+        why = exc.strerror or f"the disk is full or a file-size limit was reached ({exc})"
+        raise ImageError(f"cannot write {path}: {why}; check that its folder can be created and written and that "
+                         "the disk has room") from None
 
 
 def image_files(src: Path) -> tuple[list[Path], int]:
