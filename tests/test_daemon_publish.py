@@ -178,3 +178,36 @@ def test_clean_close_publishes_retained_offline_and_pending_stats(mosquitto):
     sub.close()
     assert stats == [{"fps_in": 2}]
     assert retained(mosquitto.port, "t/c/availability") == b"offline"
+
+
+def test_a_certificate_from_another_ca_is_a_clear_error_and_retried(tmp_path):
+    d = _certs(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _certs(other)  # a second CA, which did not sign the broker's certificate
+    extra = f"cafile {d / 'ca.pem'}\ncertfile {d / 'server.pem'}\nkeyfile {d / 'server.key'}\nallow_anonymous true\n"
+    broker = Broker(tmp_path, extra=extra).start()
+    pub = Publisher(mqtt_cfg(broker.port, tls={"enabled": True, "ca_file": str(other / "ca.pem")}), backoff=FAST).start()
+    try:
+        assert wait_for(lambda: pub.counters["connect_failures"] >= 2, 20), "retried with backoff"
+        assert not pub.connected and "is not trusted" in pub.last_error and "mqtt.tls.ca_file" in pub.last_error
+    finally:
+        pub.close(flush_s=1)
+        broker.stop()
+
+
+def test_a_broker_acl_refusing_the_topics_is_named(tmp_path):
+    acl = tmp_path / "acl"
+    acl.write_text("user cam\ntopic read t/#\n")
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "cam", "pw"], check=True, capture_output=True)
+    passwd.chmod(0o600)
+    broker = Broker(tmp_path, extra=f"allow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n").start()
+    (tmp_path / "pw").write_text("pw\n")
+    pub = Publisher(mqtt_cfg(broker.port, username="cam", password_file=str(tmp_path / "pw")), backoff=FAST).start()
+    try:
+        assert wait_for(lambda: pub.refused, 20), pub.last_error
+        assert "refused publishing to t/c/availability" in pub.last_error and "ACL" in pub.last_error
+    finally:
+        pub.close(flush_s=1)
+        broker.stop()

@@ -134,6 +134,8 @@ class Publisher:
         self.counters = {"published": 0, "buffer_dropped": 0, "expired": 0, "lost": 0, "connects": 0,
                          "connect_failures": 0}
         self._final_stats: Callable[[], dict] | None = None
+        self._online_mid: int | None = None
+        self.refused = False  # the broker's ACL refused this camera's topics
 
     @property
     def protocol(self) -> str:
@@ -204,6 +206,7 @@ class Publisher:
         c.connect_timeout = 10.0
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
         c.max_queued_messages_set(0)
         return c
 
@@ -214,8 +217,20 @@ class Publisher:
             self.connected = True
             self.counters["connects"] += 1
             self.last_error = None
-            client.publish(self.topics["availability"], ONLINE, qos=1, retain=True)
+            self._online_mid = client.publish(self.topics["availability"], ONLINE, qos=1, retain=True).mid
             log.info("MQTT connected to %s:%d (MQTT %s)", self.host, self.port, self.protocol)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        # MQTT 5 brokers answer a QoS 1 publish the ACL forbids with "Not authorized"; the frames (QoS 0)
+        # go the same way unanswered, so the availability message is where the refusal shows.
+        if mid == self._online_mid and getattr(reason_code, "is_failure", False):
+            message = (f"broker {self.host}:{self.port} refused publishing to {self.topics['availability']}: "
+                       f"{reason_code}; allow user {self.cfg.username or '(anonymous)'} to write "
+                       f"{self.cfg.prefix}/{self.cfg.camera}/# in the broker's ACL")
+            self.refused = True
+            if message != self.last_error:
+                log.error("MQTT: %s", message)
+            self.last_error = message
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         if self.connected:
@@ -232,6 +247,10 @@ class Publisher:
         self._connack = None
         try:
             client.connect(self.host, self.port, keepalive=self.cfg.keepalive)
+        except ssl.SSLCertVerificationError as exc:
+            self._fail(f"the certificate of {self.host}:{self.port} is not trusted ({exc.verify_message}); check "
+                       "mqtt.tls.ca_file and that the broker's certificate names this host")
+            return None
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._fail(f"cannot reach {self.host}:{self.port}: {exc}")
             return None

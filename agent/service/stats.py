@@ -85,7 +85,8 @@ class Stats:
             "mqtt": {"connected": bool(publisher and publisher.connected),
                      "protocol": publisher.protocol if publisher else None,
                      "connects": pub.get("connects", 0), "connect_failures": pub.get("connect_failures", 0),
-                     "buffered": publisher.buffered if publisher else 0},
+                     "buffered": publisher.buffered if publisher else 0,
+                     "error": publisher.last_error if publisher else None},
         }
         if self.experimental:
             snap["experimental"] = list(self.experimental)
