@@ -291,3 +291,23 @@ def test_expression_judge_runs_on_a_face(astronaut):
     assert p.shape == (len(expression.JUDGE_LABELS),) and np.isfinite(p).all()
     assert judge.label(face) in expression.JUDGE_LABELS
     assert judge.label(face) == judge.label(cv2.cvtColor(cv2.cvtColor(face, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB))
+
+
+def test_look_measures_see_seams_tone_and_distribution_shifts():
+    from tools.evaluation.look import frechet_distance, seam_ratio, tone_difference
+
+    rng = np.random.default_rng(0)
+    base = np.clip(rng.normal(120, 8, (200, 200, 3)), 0, 255).astype(np.uint8)
+    region = np.zeros((200, 200), bool)
+    region[50:150, 50:150] = True
+    pasted = base.copy()
+    pasted[region] = np.clip(pasted[region].astype(int) + 60, 0, 255)  # a brighter patch with a hard edge
+    assert seam_ratio(pasted, region) > 2 * seam_ratio(base, region)
+    skin = np.full((200, 200, 3), (200, 150, 120), np.uint8)
+    box = (60, 20, 140, 120)
+    assert tone_difference(skin, box, None) < 1.0
+    pink = skin.copy()
+    pink[60:100] = (230, 140, 150)  # the face's middle pinker than its neck
+    assert tone_difference(pink, box, None) > 10
+    a, b = rng.normal(0, 1, (200, 8)), rng.normal(0, 1, (200, 8))
+    assert frechet_distance(a, b) < 1.0 < frechet_distance(a, b + 1.0)

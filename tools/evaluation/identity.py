@@ -31,6 +31,7 @@ from tqdm import tqdm
 from agent.types import iou
 from tools.datasets import CACHE, CELEBA_ZIP, decode_rgb, is_heldout_identity
 from tools.evaluation.grid import replaced_only
+from tools.evaluation.look import look_figures, seam_ratio, tone_difference
 
 DLIB_THRESHOLD = 0.6  # dlib's published same-person threshold for this ResNet
 ORIGINALS_CACHE_VERSION = 1
@@ -180,6 +181,7 @@ class _Scored:
     mediapipe_found: int = 0
     original_faces: int = 0
     seconds: float = 0.0
+    look: dict = field(default_factory=lambda: {"tone_anon": [], "tone_orig": [], "seam_anon": [], "seam_orig": []})
 
 
 def evaluate_identity(method, recognizer: DlibRecognizer, limit: int = 0, upscale: int = 1,
@@ -215,6 +217,8 @@ def _score_photo(method, recognizer, rgb, name, ident, orig, i, upscale, s: _Sco
     if not has_orig:
         return  # nothing to compare against: counted, not scored
     obox = tuple(int(v) for v in orig["boxes"][i])
+    if upscale == 1 and out.region is not None and out.region.any():
+        _measure_look(s.look, rgb, anon, out.face_box or obox, out.region)
     box = max(found, key=lambda b: iou(b, obox)) if found else obox
     d = recognizer.describe(anon, box)
     s.desc.append(d)
@@ -225,6 +229,13 @@ def _score_photo(method, recognizer, rgb, name, ident, orig, i, upscale, s: _Sco
         region = _downscale(out.region.astype(np.uint8), rgb.shape) > 0 if upscale != 1 else out.region
         samples.append({"id": ident, "original": rgb, "conditioning": out.conditioning, "anonymized": anon,
                         "replaced": replaced_only(anon, region)})
+
+
+def _measure_look(look: dict, rgb, anon, box, region) -> None:
+    look["tone_anon"].append(tone_difference(anon, box, region))
+    look["tone_orig"].append(tone_difference(rgb, box, None))
+    look["seam_anon"].append(seam_ratio(anon, region))
+    look["seam_orig"].append(seam_ratio(rgb, region))
 
 
 def identity_figures(s: _Scored, orig: dict, index: dict, photos: list) -> dict:
@@ -256,6 +267,8 @@ def identity_figures(s: _Scored, orig: dict, index: dict, photos: list) -> dict:
         "distance_mean": float(dist.mean()) if len(dist) else nan,
         "distance_median": float(np.median(dist)) if len(dist) else nan,
         "ms_per_image": 1e3 * s.seconds / max(1, len(photos)),
+        "look": look_figures(s.look["tone_anon"], s.look["tone_orig"], s.look["seam_anon"], s.look["seam_orig"],
+                             anon_desc, g_desc),
     }
 
 

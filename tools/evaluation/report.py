@@ -92,6 +92,18 @@ def _metric_rows(i: dict, e: dict) -> list[str]:
         f"| expression agreement (FER judge, original vs anonymized) | {_fmt(e.get('agreement'))} | {_target('agreement', e.get('agreement'))} |",
         f"| judge accuracy vs FER ground truth, originals (all sampled / scored) | {_fmt(e.get('judge_accuracy_originals_all'))} / {_fmt(e.get('judge_accuracy_originals'))} | |",
         f"| judge accuracy vs FER ground truth, anonymized | {_fmt(e.get('judge_accuracy_anonymized'))} | |",
+        *_look_rows(i.get("look") or {}),
+    ]
+
+
+def _look_rows(look: dict) -> list[str]:
+    if not look:
+        return []
+    num = lambda k: f"{_num(look.get(k)):.2f}"  # noqa: E731
+    return [
+        f"| tone: ΔE (CIELAB) face middle vs visible neck, anonymized / original ({look.get('tone_photos')} photos) | {num('tone_delta_e')} / {num('tone_delta_e_original')} | |",
+        f"| seam: gradient energy on the replaced region's edge over inside it, anonymized / original | {num('seam_ratio')} / {num('seam_ratio_original')} | |",
+        f"| realism: Fréchet distance of dlib descriptors, anonymized vs real faces / two halves of the real faces | {num('frechet_dlib')} / {num('frechet_dlib_real_halves')} | |",
     ]
 
 
