@@ -99,8 +99,6 @@ class MqttConfig(Section):
     port: int = Field(1883, ge=1, le=65535, description="the broker's port")
     prefix: str = Field("anoncam", description="topics are <prefix>/<camera>/frame|meta|availability|stats")
     camera: str = Field("camera", description="this camera's name in the topics")
-    keepalive: int = Field(30, ge=5, le=3600, description="seconds; the broker publishes 'offline' ~1.5x this "
-                                                         "after the agent is lost")
     username: str | None = Field(None, description="broker user name; null: connect anonymously")
     password_file: Path | None = Field(None, description="file holding the password (first line)")
     password_credential: str | None = Field(None, description="systemd credential name, read from $CREDENTIALS_DIRECTORY")
@@ -108,10 +106,14 @@ class MqttConfig(Section):
     buffer_frames: int = Field(30, ge=1, le=10000, description="frames kept while the broker is away; oldest dropped")
     jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of published frames")
     publish_frames: bool = Field(True, description="false: metadata only")
+    discovery: bool = Field(False, description="publish Home Assistant MQTT discovery for this camera (retained, under "
+                                               "homeassistant/), and again when Home Assistant's birth message arrives")
 
     @model_validator(mode="before")
     @classmethod
-    def _no_plain_password(cls, data):
+    def _refused_keys(cls, data):
+        if isinstance(data, dict) and "keepalive" in data:
+            raise ValueError("'keepalive' is no longer a setting (the agent uses 30 s): remove it")
         if isinstance(data, dict) and "password" in data:
             raise ValueError("plain-text 'password' is not accepted in YAML: put it in a file readable only by the "
                              "service and set password_file, or pass a systemd credential and set password_credential")

@@ -55,6 +55,7 @@ BAD = [
     ("mqtt:\n  hots: x\n", "mqtt.hots: unknown key"),
     ("mqtt:\n  port: 70000\n", "mqtt.port"),
     ("mqtt:\n  username: u\n  password: hunter2\n", "plain-text 'password' is not accepted"),
+    ("mqtt:\n  keepalive: 30\n", "mqtt: Value error, 'keepalive' is no longer a setting (the agent uses 30 s)"),
     ("mqtt:\n  camera: 'a/#'\n", "mqtt.camera"),
     ("mqtt:\n  camera: lab/door\n", "mqtt.camera: Value error, must be one MQTT topic level"),
     ("inference:\n  device: banana\n", "inference.device"),

@@ -48,7 +48,7 @@ def test_outage_keeps_newest_frames_and_never_blocks(mosquitto):
     """Through a proxy that drops out: the buffer keeps the newest N, drops the oldest, delivers after reconnect."""
     proxy = TcpProxy(mosquitto.port)
     sub = Subscriber(mosquitto.port, "t/#")
-    pub = Publisher(mqtt_cfg(proxy.port, buffer_frames=10, keepalive=5), backoff=FAST).start()
+    pub = Publisher(mqtt_cfg(proxy.port, buffer_frames=10), backoff=FAST, keepalive=5).start()
     try:
         assert wait_for(lambda: pub.connected)
         pub.publish(frame(), {"n": 0}, 0, 0.0)
@@ -170,6 +170,7 @@ def test_clean_close_publishes_retained_offline_and_pending_stats(mosquitto):
     assert wait_for(lambda: pub.connected)
     assert retained(mosquitto.port, "t/c/availability") == b"online"
     sub = Subscriber(mosquitto.port, "t/#")
+    assert wait_for(lambda: sub.topic("availability"))  # subscribed (the retained online came), so no stats are missed
     pub.publish_stats({"fps_in": 1})
     pub.publish_stats({"fps_in": 2})  # only the newest stats matter
     pub.close()

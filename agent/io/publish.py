@@ -9,6 +9,8 @@ Topics, under ``<prefix>/<camera>/``:
   cut cable shows up as ``offline`` once the broker notices (keepalive x 1.5).
 - ``stats``: periodic JSON.
 
+With ``mqtt.discovery`` the Home Assistant discovery documents (:mod:`agent.io.discovery`) go out too.
+
 Only :class:`~agent.composition.guard.AnonymizedFrame` objects can be published as frames: there is no
 method here that takes raw pixels.
 
@@ -21,13 +23,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import ssl
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import cv2
@@ -37,7 +37,8 @@ from paho.mqtt.properties import Properties
 
 from agent.composition.guard import AnonymizedFrame
 from agent.config import MqttConfig
-from agent.errors import ConfigError
+from agent.io.broker_auth import read_password, tls_context
+from agent.io.discovery import Announcer
 from agent.io.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ _PROTOCOL_REFUSED = {0x01, 0x84}
 _INFLIGHT = 8  # messages handed to paho but not yet written to the socket
 _V5_CONNACK_WAIT_S = 3.0
 FRAME_EXPIRY_S = 5  # MQTT 5 message expiry of frames; buffered frames older than this are dropped
+KEEPALIVE_S = 30  # the broker publishes the 'offline' will ~1.5x this after it lost the agent
 
 
 @dataclass
@@ -59,56 +61,15 @@ class _Entry:
     queued: float  # monotonic
 
 
-def read_password(cfg: MqttConfig, environ=None) -> str | None:
-    """The broker password from ``password_file`` or the systemd credential; never from YAML."""
-    env = os.environ if environ is None else environ
-    if cfg.password_file is not None and cfg.password_credential is not None:
-        raise ConfigError("mqtt: set password_file or password_credential, not both")
-    path = None
-    if cfg.password_credential is not None:
-        creds = env.get("CREDENTIALS_DIRECTORY")
-        if not creds:
-            raise ConfigError(
-                f"mqtt.password_credential={cfg.password_credential!r} but $CREDENTIALS_DIRECTORY is not set: run under "
-                "systemd with LoadCredential=, or use password_file"
-            )
-        path = Path(creds) / cfg.password_credential
-    elif cfg.password_file is not None:
-        path = cfg.password_file
-    if path is None:
-        return None
-    if cfg.username is None:
-        raise ConfigError("mqtt: a password is configured but no username; set mqtt.username")
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"mqtt password file {path} cannot be read: {exc.strerror or exc}") from None
-    password = text.splitlines()[0] if text else ""
-    if not password:
-        raise ConfigError(f"mqtt password file {path} is empty")
-    return password
-
-
-def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
-    t = cfg.tls
-    if not t.enabled:
-        return None
-    try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(t.ca_file) if t.ca_file else None)
-        if t.cert_file is not None:
-            ctx.load_cert_chain(str(t.cert_file), str(t.key_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"mqtt.tls: cannot load certificates ({exc}); check ca_file, cert_file and key_file") from None
-    return ctx
-
-
 class Publisher:
     def __init__(self, cfg: MqttConfig, host: str | None = None, port: int | None = None,
-                 backoff: Backoff = Backoff(0.5, 30.0), frame_expiry_s: int = FRAME_EXPIRY_S, protocol: str = "auto"):
+                 backoff: Backoff = Backoff(0.5, 30.0), frame_expiry_s: int = FRAME_EXPIRY_S, protocol: str = "auto",
+                 keepalive: int = KEEPALIVE_S):
         """``backoff``: retry delays while the broker is away. ``protocol``: "auto" (MQTT 5, falling
-        back to 3.1.1 if refused), "5" or "3.1.1"."""
+        back to 3.1.1 if refused), "5" or "3.1.1". ``keepalive``: seconds."""
         self.cfg = cfg
         self.backoff = backoff
+        self.keepalive = keepalive
         self.frame_expiry_s = frame_expiry_s
         self._auto = protocol == "auto"
         self.host = host or cfg.host
@@ -136,6 +97,7 @@ class Publisher:
         self._final_stats: Callable[[], dict] | None = None
         self._online_mid: int | None = None
         self.refused = False  # the broker's ACL refused this camera's topics
+        self.discovery = Announcer(cfg, self.topics, lambda: self._props("application/json")) if cfg.discovery else None
 
     @property
     def protocol(self) -> str:
@@ -207,6 +169,8 @@ class Publisher:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
+        if self.discovery is not None:
+            c.on_message, c.on_subscribe = self.discovery.on_message, self.discovery.on_subscribe
         c.max_queued_messages_set(0)
         return c
 
@@ -218,6 +182,8 @@ class Publisher:
             self.counters["connects"] += 1
             self.last_error = None
             self._online_mid = client.publish(self.topics["availability"], ONLINE, qos=1, retain=True).mid
+            if self.discovery is not None:
+                self.discovery.connected(client)
             log.info("MQTT connected to %s:%d (MQTT %s)", self.host, self.port, self.protocol)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
@@ -231,6 +197,10 @@ class Publisher:
             if message != self.last_error:
                 log.error("MQTT: %s", message)
             self.last_error = message
+        elif self.discovery is not None and not self.refused and (problem := self.discovery.refusal(mid, reason_code)):
+            if problem != self.last_error:
+                log.error("MQTT: %s", problem)
+            self.last_error = problem
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         if self.connected:
@@ -246,7 +216,7 @@ class Publisher:
         client = self._new_client()
         self._connack = None
         try:
-            client.connect(self.host, self.port, keepalive=self.cfg.keepalive)
+            client.connect(self.host, self.port, keepalive=self.keepalive)
         except ssl.SSLCertVerificationError as exc:
             self._fail(f"the certificate of {self.host}:{self.port} is not trusted ({exc.verify_message}); check "
                        "mqtt.tls.ca_file and that the broker's certificate names this host")
