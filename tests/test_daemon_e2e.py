@@ -318,3 +318,18 @@ def test_an_unreachable_broker_is_not_reported_as_published(astronaut_clip):
     line = next(x for x in proc.stderr.splitlines() if "frames read" in x)
     assert "sent over MQTT 0" in line and "analysed 5" in line, line
     assert "5 still buffered at exit" in line, line
+
+
+def test_metadata_without_expression_still_follows_the_schema(mosquitto, astronaut_clip):
+    sub = Subscriber(mosquitto.port, "test/#")
+    try:
+        agent = every_frame(config(mosquitto.port, astronaut_clip))  # expression metadata off
+        assert agent.run(max_frames=3) == 0
+        assert wait_for(lambda: len(sub.topic("meta")) >= 3)
+        docs = [json.loads(m.payload) for m in sub.topic("meta")]
+    finally:
+        sub.close()
+    for doc in docs:
+        jsonschema.validate(doc, META_SCHEMA)
+        for face in doc["faces"]:
+            assert face["emotion"] is None and "emotion" in face["missing"] and face["blendshapes"] is not None

@@ -97,7 +97,7 @@ class ExpressionAnalyzer:
     ``faces`` are in ``rgb``'s pixel coordinates (as ``Anonymizer.analyze_all`` returns them). Pass
     the anonymizer's ``jobs`` (one per face, in order) to also classify each synthetic face and
     report ``replaced`` and ``expression_kept``; the running agreement is in :attr:`agreement`.
-    With ``expression.enabled`` off there is no classifier: box, track, blendshapes and head pose only.
+    With ``expression.enabled`` off there is no classifier: the emotion is null (and listed as missing).
     """
 
     def __init__(self, cfg: Config | None = None, manifest: Manifest | None = None,
@@ -133,10 +133,10 @@ class ExpressionAnalyzer:
         for i, face in enumerate(faces):
             item = {"box": _box(face, w, h), "track_id": face.track_id}
             item.update(self._expression(face, real.get(i)))
-            if self.enabled:
-                missing = [k for k in ("emotion", "blendshapes", "head_pose") if item[k] is None]
-                if missing:
-                    item["missing"] = missing
+            # With expression metadata off the emotion is null and listed as missing, as the schema asks.
+            missing = [k for k in ("emotion", "blendshapes", "head_pose") if item[k] is None]
+            if missing:
+                item["missing"] = missing
             if jobs is not None:
                 item.update(self._anonymized(anon.get(i), real.get(i)) if self.enabled else {})
                 item["replaced"] = jobs[i].generated is not None
@@ -150,7 +150,7 @@ class ExpressionAnalyzer:
         pose = face.head_pose()
         if self.smoother is not None and face.track_id is not None and scores is not None:
             scores, pose = self.smoother.update(face.track_id, scores, pose)
-        item = {"emotion": _emotion(scores) if scores is not None else None} if self.enabled else {}
+        item = {"emotion": _emotion(scores) if scores is not None and self.enabled else None}
         item["blendshapes"] = self.blendshapes(face)
         item["head_pose"] = {k: round(float(v), 2) for k, v in pose.items()} if pose else None
         return item
