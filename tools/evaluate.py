@@ -60,12 +60,17 @@ def run(args, cfg, manifest) -> dict:
     method = make_method(args, cfg, manifest)
     recognizer = DlibRecognizer()
     judge = ExpressionJudge()
+    from tools.evaluation.second import load_second_judges
+
+    second_id, second_expr, why = load_second_judges()
+    if why:
+        print(f"second judges skipped: {why}", file=sys.stderr)
     id_samples, fer_samples = [], []
     try:
         identity = {} if args.skip_identity else evaluate_identity(
-            method, recognizer, args.limit, args.celeba_upscale, id_samples, args.grid_rows)
+            method, recognizer, args.limit, args.celeba_upscale, id_samples, args.grid_rows, second_id)
         expression = {} if args.skip_expression else evaluate_expression(
-            method, judge, args.fer_limit, args.seed, args.fer_upscale, fer_samples, args.fer_grid_rows)
+            method, judge, args.fer_limit, args.seed, args.fer_upscale, fer_samples, args.fer_grid_rows, second_expr)
     finally:
         method.close()
     items = identity.pop("_items", []) + expression.pop("_items", [])

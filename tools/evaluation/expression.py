@@ -91,7 +91,7 @@ def fer_rgb(z: zipfile.ZipFile, name: str, upscale: int = 4) -> np.ndarray:
 
 
 def evaluate_expression(method, judge: ExpressionJudge, limit: int, seed: int, upscale: int = 4,
-                        samples: list | None = None, grid_rows: int = 4) -> dict:
+                        samples: list | None = None, grid_rows: int = 4, second=None) -> dict:
     """The judge's verdicts on ``limit`` FER val faces (0: all) before and after ``method``.
 
     Faces MediaPipe does not find pass through unchanged and are skipped: agreement would be
@@ -99,7 +99,7 @@ def evaluate_expression(method, judge: ExpressionJudge, limit: int, seed: int, u
     samples = [] if samples is None else samples
     fer = fer_items(limit, seed)
     skipped = 0
-    truth, before, after, truth_all, before_all, items = [], [], [], [], [], []
+    truth, before, after, truth_all, before_all, items, second_pairs = [], [], [], [], [], [], []
     seconds = 0.0
     with zipfile.ZipFile(FER_VAL_ZIP) as z:
         for name, label in tqdm(fer, desc=f"expression ({method.name})", unit="img"):
@@ -116,15 +116,28 @@ def evaluate_expression(method, judge: ExpressionJudge, limit: int, seed: int, u
             truth.append(label)
             before.append(original_label)
             after.append(judge.label(out.pixels))
+            if second is not None:
+                second_pairs.append((second.labels_of([rgb])[0], second.labels_of([out.pixels])[0], label))
             items.append({"part": "expression", "key": name, "label": label, "original": original_label,
                           "anonymized": after[-1], "agree": int(original_label == after[-1])})
             if len(samples) < grid_rows and out.conditioning is not None:
                 samples.append({"id": name, "original": rgb, "conditioning": out.conditioning, "anonymized": out.pixels,
                                 "replaced": replaced_only(out.pixels, out.region)})
     figures = agreement_figures(np.array(truth), np.array(before), np.array(after), truth_all, before_all)
+    if second_pairs:
+        figures["second_judge"] = second_agreement(second_pairs)
     return {"_items": items, "sampled": len(fer),
             "sampling": "all" if limit <= 0 else f"class-stratified random, seed {seed}",
             "skipped_no_face": skipped, **figures, "ms_per_image": 1e3 * seconds / max(1, len(fer))}
+
+
+def second_agreement(pairs: list[tuple[str, str, str]]) -> dict:
+    """face-api's agreement, original vs anonymized, overall and by the original's label."""
+    orig, anon, truth = (np.array(v) for v in zip(*pairs))
+    per = {c: float((anon[orig == c] == c).mean()) for c in sorted(set(orig.tolist()))}
+    return {"judge": "face-api expression net (@vladmandic/face-api)", "agreement": float((orig == anon).mean()),
+            "agreement_per_original_label": per, "accuracy_originals": float((orig == truth).mean()),
+            "scored": len(pairs)}
 
 
 def agreement_figures(truth: np.ndarray, before: np.ndarray, after: np.ndarray, truth_all, before_all) -> dict:

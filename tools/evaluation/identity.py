@@ -182,10 +182,11 @@ class _Scored:
     original_faces: int = 0
     seconds: float = 0.0
     look: dict = field(default_factory=lambda: {"tone_anon": [], "tone_orig": [], "seam_anon": [], "seam_orig": []})
+    second: list = field(default_factory=list)  # (original row, second judge's crop of the anonymized photo)
 
 
 def evaluate_identity(method, recognizer: DlibRecognizer, limit: int = 0, upscale: int = 1,
-                      samples: list | None = None, grid_rows: int = 8) -> dict:
+                      samples: list | None = None, grid_rows: int = 8, second=None) -> dict:
     """dlib's verdicts on ``limit`` held-out photos (0: all 1200) after ``method``; each photo may be
     upscaled before the method and is scored at its own size. Up to ``grid_rows`` distinct identities
     are added to ``samples`` for the picture."""
@@ -199,7 +200,29 @@ def evaluate_identity(method, recognizer: DlibRecognizer, limit: int = 0, upscal
         for name, ident in tqdm(photos, desc=f"identity ({method.name})", unit="img"):
             _score_photo(method, recognizer, decode_rgb(z.read(name)), name, ident, orig, index[name], upscale, s,
                          samples if len(samples) < grid_rows else None)
-    return identity_figures(s, orig, index, photos)
+        figures = identity_figures(s, orig, index, photos)
+        if second is not None:
+            figures["second_judge"] = _second_judge(second, z, orig, s)
+    return figures
+
+
+def _second_judge(desc, z, orig: dict, s: _Scored) -> dict:
+    """The second recognizer's verdicts on the same photos, from the originals' dlib boxes."""
+    from tools.evaluation import second as sj
+
+    rows = [i for i in range(len(orig["names"])) if orig["boxes"][i][0] >= 0]
+    crops = [sj.face_crop(decode_rgb(z.read(orig["names"][i])), orig["boxes"][i]) for i in rows]
+    originals = np.zeros((len(orig["names"]), desc.dim), np.float32)
+    originals[rows] = desc.embed(crops)
+    have = np.zeros(len(orig["names"]), bool)
+    have[rows] = True
+    keep = [k for k, (row, _) in enumerate(s.second) if have[row]]
+    anonymized = desc.embed([s.second[k][1] for k in keep])
+    # Rows are re-indexed onto the photos that have an original face.
+    remap = -np.ones(len(have), int)
+    remap[have] = np.arange(int(have.sum()))
+    return sj.identity_figures(desc, originals[have], np.array(orig["ids"])[have].tolist(), anonymized,
+                               [int(remap[s.second[k][0]]) for k in keep])
 
 
 def _score_photo(method, recognizer, rgb, name, ident, orig, i, upscale, s: _Scored, samples: list | None) -> None:
@@ -219,6 +242,9 @@ def _score_photo(method, recognizer, rgb, name, ident, orig, i, upscale, s: _Sco
     obox = tuple(int(v) for v in orig["boxes"][i])
     if upscale == 1 and out.region is not None and out.region.any():
         _measure_look(s.look, rgb, anon, out.face_box or obox, out.region)
+    from tools.evaluation.second import face_crop
+
+    s.second.append((i, face_crop(anon, obox)))
     box = max(found, key=lambda b: iou(b, obox)) if found else obox
     d = recognizer.describe(anon, box)
     s.desc.append(d)

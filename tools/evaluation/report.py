@@ -93,7 +93,19 @@ def _metric_rows(i: dict, e: dict) -> list[str]:
         f"| judge accuracy vs FER ground truth, originals (all sampled / scored) | {_fmt(e.get('judge_accuracy_originals_all'))} / {_fmt(e.get('judge_accuracy_originals'))} | |",
         f"| judge accuracy vs FER ground truth, anonymized | {_fmt(e.get('judge_accuracy_anonymized'))} | |",
         *_look_rows(i.get("look") or {}),
+        *_second_rows(i.get("second_judge") or {}, e.get("second_judge") or {}),
     ]
+
+
+def _second_rows(i2: dict, e2: dict) -> list[str]:
+    rows = []
+    if i2:
+        rows += [f"| second recognizer ({i2['judge']}): re-identification at its EER threshold {i2['threshold']:.3f} / floor (another person's photo) | {_fmt(i2['reid_rate'])} / {_fmt(i2['reid_floor'])} | |",
+                 f"| second recognizer: rank-1 (chance {_fmt(i2['rank1_chance'])}) | {_fmt(i2['rank1'])} | |"]
+    if e2:
+        per = ", ".join(f"{k} {_fmt(v)}" for k, v in e2["agreement_per_original_label"].items())
+        rows.append(f"| second expression judge ({e2['judge']}): agreement, original vs anonymized ({per}) | {_fmt(e2['agreement'])} | |")
+    return rows
 
 
 def _look_rows(look: dict) -> list[str]:
