@@ -373,3 +373,10 @@ def test_an_unwritable_output_is_one_line_per_file_and_exit_1(tmp_path, inputs):
     assert len(errors) == 1 and "cannot write" in errors[0] and "Traceback" not in p.stderr, p.stderr
     assert "0 image(s) written" in p.stdout and "1 failed" in p.stdout
     assert not list(tmp_path.rglob("*.part"))
+
+
+def test_native_library_log_lines_show_only_with_verbose(tmp_path, inputs):
+    quiet = anoncam("anonymize", inputs / "face.jpg", tmp_path / "q.jpg", "--backend", "onnxruntime")
+    assert quiet.returncode == 0 and quiet.stderr.strip() == "", quiet.stderr
+    loud = anoncam("-v", "anonymize", inputs / "face.jpg", tmp_path / "v.jpg", "--backend", "onnxruntime")
+    assert loud.returncode == 0 and ("W0000" in loud.stderr or "TensorFlow Lite" in loud.stderr), loud.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -10,6 +11,7 @@ import signal
 import sys
 
 from agent import __version__
+from agent.commands.native_log import QuietNativeLogs
 from agent.errors import AnoncamError
 
 # Modules providing subcommands, in the order `anoncam --help` lists them.
@@ -20,7 +22,8 @@ COMMAND_MODULES = ("agent.commands.anonymize", "agent.commands.analyze", "agent.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anoncam", description="Anonymizing camera agent: every face replaced by a synthetic one.")
     parser.add_argument("--version", action="version", version=f"anoncam {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and MediaPipe's and TensorFlow Lite's own log lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -37,13 +40,14 @@ def main(argv=None) -> int:
         # signal killing the process halfway through a batch.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except AnoncamError as exc:
-        print(f"anoncam: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    with contextlib.nullcontext() if args.verbose else QuietNativeLogs():
+        try:
+            return int(args.func(args) or 0)
+        except AnoncamError as exc:
+            print(f"anoncam: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
 
 
 if __name__ == "__main__":
