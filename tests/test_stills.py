@@ -380,3 +380,27 @@ def test_native_library_log_lines_show_only_with_verbose(tmp_path, inputs):
     assert quiet.returncode == 0 and quiet.stderr.strip() == "", quiet.stderr
     loud = anoncam("-v", "anonymize", inputs / "face.jpg", tmp_path / "v.jpg", "--backend", "onnxruntime")
     assert loud.returncode == 0 and ("W0000" in loud.stderr or "TensorFlow Lite" in loud.stderr), loud.stderr
+
+
+def test_progress_bar_shows_on_a_terminal_while_native_lines_are_filtered(tmp_path, inputs):
+    import os
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: anoncam on a pseudo-terminal, as a user runs it
+        os.execv(sys.executable, [sys.executable, "-m", "agent.commands.cli", "anonymize", str(inputs),
+                                  str(tmp_path / "out"), "--backend", "onnxruntime"])
+    out = b""
+    while select.select([fd], [], [], 120)[0]:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    assert "anonymize:" in text and "100%" in text, text[-500:]
+    assert "W0000" not in text and "TensorFlow Lite" not in text and "image(s) written" in text

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from agent.commands.native_log import stderr_is_terminal
 from agent.config import command_config
 from agent.errors import AnoncamError, ImageError
 from agent.expression.metadata import META_SCHEMA, ExpressionAnalyzer
@@ -77,7 +78,7 @@ def run(args) -> int:
     anonymizer = Anonymizer(cfg, mode="image", emotion_classifier=expression.classifier, manifest=manifest)
     failed = 0
     try:
-        for path in tqdm(files, desc="analyze", unit="img", disable=len(files) < 2 or not sys.stderr.isatty()):
+        for path in tqdm(files, desc="analyze", unit="img", disable=len(files) < 2 or not stderr_is_terminal()):
             try:
                 rgb = to_rgb(read_image(path))
                 analysis = anonymizer.analyze_all(rgb)

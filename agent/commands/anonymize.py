@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from agent.commands.native_log import stderr_is_terminal
 from agent.config import command_config
 from agent.errors import AnoncamError, ImageError
 from agent.io.images import EXTENSIONS, from_rgb, read_image, to_rgb, write_image
@@ -117,7 +118,7 @@ class Batch:
 
         # Several stills get a bar over files; each video has its own over its frames.
         bar = tqdm(self.pairs, desc="anonymize", unit="file",
-                   disable=len(self.images) < 2 or self.has_videos or not sys.stderr.isatty())
+                   disable=len(self.images) < 2 or self.has_videos or not stderr_is_terminal())
         for src, dst in bar:
             try:
                 if is_video(src):

@@ -10,12 +10,12 @@ a file is not a live camera, every frame gets the time it takes.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from tqdm import tqdm
 
+from agent.commands.native_log import stderr_is_terminal
 from agent.composition.guard import AnonymizedFrame, mask_everything
 from agent.config import Config
 from agent.io.video import VIDEO_EXTENSIONS, InputFrame, VideoReader, rewrite
@@ -91,7 +91,7 @@ def anonymize_video(src: Path, dst: Path, cfg: Config, totals: VideoTotals) -> i
     with VideoReader(src) as reader:
         pipeline = StreamPipeline(cfg, src.name)
         bar = tqdm(total=reader.expected_frames, desc=src.name, unit="frame", dynamic_ncols=True,
-                   disable=not sys.stderr.isatty())
+                   disable=not stderr_is_terminal())
         try:
             written = rewrite(reader, dst, pipeline, on_frame=lambda _frame: bar.update())
         finally:

@@ -13,6 +13,15 @@ import re
 import sys
 import threading
 
+_TERMINAL = {"stderr": None}  # whether stderr was a terminal before the filter took descriptor 2
+
+
+def stderr_is_terminal() -> bool:
+    """Whether the user's stderr is a terminal (progress bars), also while the filter runs."""
+    known = _TERMINAL["stderr"]
+    return sys.stderr.isatty() if known is None else known
+
+
 NATIVE = re.compile(rb"^(WARNING: Logging before InitGoogle|INFO: Created TensorFlow Lite|[WIEF]\d{4} [\d:.]+ +\d+ \S+:\d+\])")
 
 
@@ -22,6 +31,7 @@ class QuietNativeLogs:
         self._thread = None
 
     def __enter__(self):
+        _TERMINAL["stderr"] = os.isatty(2)
         try:
             sys.stderr.flush()
             self._saved = os.dup(2)
@@ -57,6 +67,7 @@ class QuietNativeLogs:
         os.dup2(self._saved, 2)  # closes the pipe's last writer: the thread drains it and ends
         self._thread.join(timeout=5)
         os.close(self._saved)
+        _TERMINAL["stderr"] = None
         return False
 
 
