@@ -67,3 +67,40 @@ class PackedFaces:
         np.savez(tmp, blob=blob, offsets=offsets, landmarks=np.stack(landmarks).astype(np.float16),
                  identity=np.array(identity), source=np.array(source))
         os.replace(tmp, path)
+
+
+def photo_items(limit: int = 0, *extra) -> list[tuple]:
+    """Every photo of the shared face sets as ("celeba:member" or "utkface:member", bytes, *extra),
+    the first ``limit`` of each set when given: the work items of the preparation tools."""
+    items = []
+    for zpath, src in ((CELEBA_ZIP, "celeba"), (UTK_ZIP, "utkface")):
+        for i, (name, data) in enumerate(iter_zip_images(zpath)):
+            if limit and i >= limit:
+                break
+            items.append((f"{src}:{name}", data, *extra))
+    return items
+
+
+def identity_and_split(item_name: str) -> tuple[str, str, str]:
+    """(identity, split, source) of a photo_items name; held-out CelebA identities go to "heldout"."""
+    src, member = item_name.split(":", 1)
+    identity = member.split("/")[0] if src == "celeba" else "utk:" + member.rsplit("/", 1)[-1]
+    return identity, "heldout" if is_heldout_identity(identity) else "train", src
+
+
+_analyzer = None
+
+
+def init_face_worker():
+    """A preparation worker's FaceAnalyzer (stills mode, one face): the camera's own code path."""
+    global _analyzer
+    import cv2
+
+    from agent.detection.landmarks import FaceAnalyzer
+
+    cv2.setNumThreads(1)
+    _analyzer = FaceAnalyzer(max_faces=1, mode="image")
+
+
+def worker_faces(rgb):
+    return _analyzer.detect(rgb)

@@ -20,17 +20,15 @@ from tqdm import tqdm
 
 from agent.synthesis.align import CROP_SIZE, align_face
 from agent.synthesis.render import RENDERED_INDICES
-from tools.datasets import CACHE, CELEBA_ZIP, UTK_ZIP, PackedFaces, decode_rgb, is_heldout_identity, iter_zip_images
-
-_analyzer = None
-
-
-def _init():
-    global _analyzer
-    from agent.detection.landmarks import FaceAnalyzer
-
-    cv2.setNumThreads(1)
-    _analyzer = FaceAnalyzer(max_faces=1, mode="image")
+from tools.datasets import (
+    CACHE,
+    PackedFaces,
+    decode_rgb,
+    identity_and_split,
+    init_face_worker,
+    photo_items,
+    worker_faces,
+)
 
 
 def _process(item):
@@ -38,7 +36,7 @@ def _process(item):
     rgb = decode_rgb(data)
     if rgb is None:
         return name, None, None
-    faces = _analyzer.detect(rgb)
+    faces = worker_faces(rgb)
     if not faces:
         return name, None, None
     crop, lm, _ = align_face(rgb, faces[0].landmarks, CROP_SIZE)
@@ -62,22 +60,15 @@ def main(argv=None):
         print(f"{train_path} and {held_path} exist; --force rebuilds them")
         return 0
 
-    items = []
-    for zpath, src in ((CELEBA_ZIP, "celeba"), (UTK_ZIP, "utkface")):
-        for i, (name, data) in enumerate(iter_zip_images(zpath)):
-            if args.limit and i >= args.limit:
-                break
-            items.append((f"{src}:{name}", data, args.quality))
+    items = photo_items(args.limit, args.quality)
     out = {"train": ([], [], [], []), "heldout": ([], [], [], [])}
     missed = 0
-    with mp.get_context("spawn").Pool(args.workers, initializer=_init) as pool:
+    with mp.get_context("spawn").Pool(args.workers, initializer=init_face_worker) as pool:
         for name, enc, lm in tqdm(pool.imap(_process, items, chunksize=16), total=len(items), desc="align faces"):
             if enc is None:
                 missed += 1
                 continue
-            src, member = name.split(":", 1)
-            identity = member.split("/")[0] if src == "celeba" else "utk:" + member.rsplit("/", 1)[-1]
-            split = "heldout" if is_heldout_identity(identity) else "train"
+            identity, split, src = identity_and_split(name)
             for lst, v in zip(out[split], (enc, lm, identity, src)):
                 lst.append(v)
     for split, path in (("train", train_path), ("heldout", held_path)):

@@ -24,12 +24,16 @@ from tqdm import tqdm
 
 from agent.synthesis.align import transform_points
 from agent.synthesis.head import HEAD_SIZE, head_matrix
-from tools.datasets import CACHE, CELEBA_ZIP, UTK_ZIP, decode_rgb, is_heldout_identity, iter_zip_images
+from tools.datasets import (
+    CACHE,
+    decode_rgb,
+    identity_and_split,
+    init_face_worker,
+    photo_items,
+    worker_faces,
+)
 
 SIZE = HEAD_SIZE  # the head crop's side, as the runtime cuts it
-_analyzer = None
-
-
 class PackedHeads:
     """Head crops (encoded WebP), their meshes in crop pixels and their in-photo masks (PNG), in one .npz."""
 
@@ -68,20 +72,12 @@ class PackedHeads:
         os.replace(tmp, path)
 
 
-def _init():
-    global _analyzer
-    from agent.detection.landmarks import FaceAnalyzer
-
-    cv2.setNumThreads(1)
-    _analyzer = FaceAnalyzer(max_faces=1, mode="image")
-
-
 def _process(item):
     name, data, quality = item
     rgb = decode_rgb(data)
     if rgb is None:
         return name, None
-    faces = _analyzer.detect(rgb)
+    faces = worker_faces(rgb)
     if not faces:
         return name, None
     m = head_matrix(faces[0].landmarks, SIZE)
@@ -110,22 +106,15 @@ def main(argv=None):
     if all(p.exists() for p in paths.values()) and not args.force:
         print(f"{paths['train']} and {paths['heldout']} exist; --force rebuilds them")
         return 0
-    items = []
-    for zpath, src in ((CELEBA_ZIP, "celeba"), (UTK_ZIP, "utkface")):
-        for i, (name, data) in enumerate(iter_zip_images(zpath)):
-            if args.limit and i >= args.limit:
-                break
-            items.append((f"{src}:{name}", data, args.quality))
+    items = photo_items(args.limit, args.quality)
     out = {split: ([], [], [], [], []) for split in paths}
     missed = 0
-    with mp.get_context("spawn").Pool(args.workers, initializer=_init) as pool:
+    with mp.get_context("spawn").Pool(args.workers, initializer=init_face_worker) as pool:
         for name, got in tqdm(pool.imap(_process, items, chunksize=16), total=len(items), desc="head crops"):
             if got is None:
                 missed += 1
                 continue
-            src, member = name.split(":", 1)
-            identity = member.split("/")[0] if src == "celeba" else "utk:" + member.rsplit("/", 1)[-1]
-            split = "heldout" if is_heldout_identity(identity) else "train"
+            identity, split, src = identity_and_split(name)
             for lst, v in zip(out[split], (*got, identity, src)):
                 lst.append(v)
     for split, path in paths.items():

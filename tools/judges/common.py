@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
 
+from agent.runtime.model_files import sha256_file
 from tools.datasets import CACHE
 
 JUDGES_CACHE = CACHE / "judges"
@@ -28,11 +28,7 @@ def read_manifest(cache: Path | None = None) -> dict:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(Path(path))
 
 
 def judge_entry(name: str, cache: Path | None = None, check: bool = True) -> tuple[dict, Path]:
