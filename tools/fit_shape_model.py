@@ -29,27 +29,15 @@ from agent.synthesis.align import CROP_SIZE, alignment_matrix, transform_points
 from agent.synthesis.render import RENDERED_INDICES
 from agent.types import BLENDSHAPES
 from agent.synthesis.shape import features, features_from_pose
-from tools.datasets import CACHE, CELEBA_ZIP, UTK_ZIP, decode_rgb, is_heldout_identity, iter_zip_images
+from tools.datasets import (CACHE, CELEBA_ZIP, UTK_ZIP, decode_rgb, init_face_worker, is_heldout_identity,
+                            iter_zip_images, worker_faces)
 from tools.model_files import MODELS, ROOT, update_sums
 from tools.reports import write_report
-
-_analyzer = None
-
-
-def _init():
-    global _analyzer
-    import cv2
-
-    from agent.detection.landmarks import FaceAnalyzer
-
-    cv2.setNumThreads(1)
-    _analyzer = FaceAnalyzer(max_faces=1, mode="image")
-
 
 def _process(item):
     identity, data = item
     rgb = decode_rgb(data)
-    faces = _analyzer.detect(rgb) if rgb is not None else []
+    faces = worker_faces(rgb) if rgb is not None else []
     if not faces or faces[0].blendshapes is None or faces[0].transform is None:
         return None
     f = faces[0]
@@ -103,7 +91,7 @@ def main(argv=None):
 
     rows = {"train": [], "heldout": []}
     items = list(_items(args.per_set))
-    with mp.get_context("spawn").Pool(args.workers, initializer=_init) as pool:
+    with mp.get_context("spawn").Pool(args.workers, initializer=init_face_worker) as pool:
         for r in tqdm(pool.imap(_process, items, chunksize=16), total=len(items), desc="analyse faces"):
             if r is not None:
                 rows["heldout" if is_heldout_identity(r[0]) else "train"].append(r[1:])
