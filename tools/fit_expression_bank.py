@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from agent.types import BLENDSHAPES
 from agent.expression.bank import EXPRESSION_BANK, ExpressionBank
-from tools.datasets import CACHE, is_heldout_identity
-from tools.fit_shape_model import _init, _items, _process
+from agent.types import BLENDSHAPES
+from tools.datasets import CACHE, init_face_worker, is_heldout_identity
+from tools.fit_shape_model import _items, _process
 from tools.model_files import MODELS, ROOT, update_sums
 from tools.reports import write_report
 
@@ -166,7 +166,7 @@ def main(argv=None):
 
     photos, heldout, heldout_ids = [], [], []
     items = list(_items(args.per_set))
-    with mp.get_context("spawn").Pool(args.workers, initializer=_init) as pool:
+    with mp.get_context("spawn").Pool(args.workers, initializer=init_face_worker) as pool:
         for r in tqdm(pool.imap(_process, items, chunksize=16), total=len(items), desc="analyse faces"):
             if r is None:
                 continue
