@@ -202,7 +202,7 @@ def cv2_small(img):
     return cv2.resize(img, (80, 60), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
-def test_broker_restart_reconnects_without_blocking_capture(mosquitto, astronaut_clip):
+def test_broker_restart_reconnects_without_blocking_capture(mosquitto, astronaut_clip, ovals):
     cfg = config(mosquitto.port, astronaut_clip, capture={"loop": True}, mqtt={"buffer_frames": 5})
     agent = every_frame(cfg, realtime=True)
     sub = Subscriber(mosquitto.port, "test/#")
@@ -227,6 +227,14 @@ def test_broker_restart_reconnects_without_blocking_capture(mosquitto, astronaut
         t.join(30)
         sub.close()
     assert not t.is_alive()
+    # Nothing raw on the wire, before the outage or after it (the clip loops: frame ids keep counting).
+    source = read_frames(astronaut_clip)
+    for m in sub.topic("frame"):
+        fid = int(dict(m.properties.UserProperty)["frame_id"])
+        index = (fid - 1) % len(source)
+        img = decode_jpeg(m.payload)
+        for mask in ovals.masks(index, source[index]):
+            assert oval_diff(img, source[index], mask) > MIN_FACE_DIFF, f"frame {fid} shows the face"
 
 
 def _notify_socket(tmp_path):
