@@ -58,7 +58,9 @@ def head_batch(pack_path: Path, count: int, seed: int) -> np.ndarray:
 
 def load_generator(checkpoint: Path, in_ch: int = 3) -> EdgeGenerator:
     g = EdgeGenerator(in_ch=in_ch)
-    g.load_state_dict({k: v.float() for k, v in torch.load(checkpoint, map_location="cpu").items()})
+    state = torch.load(checkpoint, map_location="cpu")
+    state = state.get("G_ema", state)  # a compact training state (tools.train_head) holds the EMA weights too
+    g.load_state_dict({k: v.float() for k, v in state.items()})
     return g.eval()
 
 
