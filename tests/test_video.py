@@ -27,13 +27,13 @@ from daemon_helpers import FaceOvals, make_clip, oval_diff
 from agent.composition.compose import MASK_GREY
 from agent.composition.guard import mask_everything
 from agent.io.video import InputFrame, VideoError, VideoReader, VideoWriter, rewrite
+from tools.bench_video import SAMPLE_RATE, mux_tone
 
 ROOT = Path(__file__).resolve().parent.parent
 # As in test_daemon_e2e: a replaced face differs from its source by tens of grey levels; the same
 # pixels re-encoded differ by 1-3 (the background check below keeps the threshold honest).
 MIN_FACE_DIFF = 12.0
 MAX_BACKGROUND_DIFF = 4.0
-SAMPLE_RATE = 48000
 
 
 def astronaut_frame(i: int, size=(640, 480)) -> np.ndarray:
@@ -73,15 +73,7 @@ def make_video(path: Path, frames: int = 24, fps=15, audio: bool = False, pts=No
     for p in video.encode(None):
         out.mux(p)
     if tone is not None:
-        n = int(SAMPLE_RATE * frames / fps)
-        samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / SAMPLE_RATE)).astype(np.float32)[None]
-        for k in range(0, n, 1024):
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, k:k + 1024]), format="fltp", layout="mono")
-            af.sample_rate, af.pts = SAMPLE_RATE, k
-            for p in tone.encode(af):
-                out.mux(p)
-        for p in tone.encode(None):
-            out.mux(p)
+        mux_tone(out, tone, int(SAMPLE_RATE * frames / fps), 0.3)
     out.close()
     return path
 

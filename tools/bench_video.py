@@ -41,7 +41,6 @@ def write_clip(path: Path, seconds: float, fps: int) -> Path:
     """The bench scene as H.264 .mp4 with a 440 Hz AAC tone."""
     import av
     import cv2
-    import numpy as np
 
     from agent.commands.bench_scenes import (
         SCENE_BY_NAME,
@@ -66,16 +65,23 @@ def write_clip(path: Path, seconds: float, fps: int) -> Path:
                 out.mux(p)
         for p in video.encode(None):
             out.mux(p)
-        n = round(SAMPLE_RATE * frames / fps)
-        samples = (0.2 * np.sin(2 * np.pi * 440 * np.arange(n) / SAMPLE_RATE)).astype(np.float32)[None]
-        for k in range(0, n, 1024):
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, k:k + 1024]), format="fltp", layout="mono")
-            af.sample_rate, af.pts = SAMPLE_RATE, k
-            for p in tone.encode(af):
-                out.mux(p)
-        for p in tone.encode(None):
-            out.mux(p)
+        mux_tone(out, tone, round(SAMPLE_RATE * frames / fps), 0.2)
     return path
+
+
+def mux_tone(out, stream, samples: int, amplitude: float) -> None:
+    """``samples`` of a 440 Hz sine (mono, SAMPLE_RATE) encoded on ``stream`` and muxed into ``out``."""
+    import av
+    import numpy as np
+
+    wave = (amplitude * np.sin(2 * np.pi * 440 * np.arange(samples) / SAMPLE_RATE)).astype(np.float32)[None]
+    for k in range(0, samples, 1024):
+        af = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[:, k:k + 1024]), format="fltp", layout="mono")
+        af.sample_rate, af.pts = SAMPLE_RATE, k
+        for p in stream.encode(af):
+            out.mux(p)
+    for p in stream.encode(None):
+        out.mux(p)
 
 
 def count_frames(path: Path) -> int:

@@ -271,7 +271,6 @@ class Publisher:
                     backoff = self.backoff.next(backoff)
                     continue
                 backoff = self.backoff.min_s
-                inflight.clear()
             client = self._client
             rc = client.loop(0.02)
             if rc != mqtt.MQTT_ERR_SUCCESS or not self.connected:

@@ -32,6 +32,7 @@ from agent.types import iou
 from tools.datasets import CACHE, CELEBA_ZIP, decode_rgb, is_heldout_identity
 from tools.evaluation.grid import replaced_only
 from tools.evaluation.look import look_figures, seam_ratio, tone_difference
+from tools.evaluation.second import face_crop
 
 DLIB_THRESHOLD = 0.6  # dlib's published same-person threshold for this ResNet
 ORIGINALS_CACHE_VERSION = 1
@@ -182,7 +183,7 @@ class _Scored:
     original_faces: int = 0
     seconds: float = 0.0
     look: dict = field(default_factory=lambda: {"tone_anon": [], "tone_orig": [], "seam_anon": [], "seam_orig": []})
-    second: list = field(default_factory=list)  # (original row, second judge's crop of the anonymized photo)
+    second: list | None = None  # with a second judge: (original row, its crop of the anonymized photo)
 
 
 def evaluate_identity(method, recognizer: DlibRecognizer, limit: int = 0, upscale: int = 1,
@@ -195,7 +196,7 @@ def evaluate_identity(method, recognizer: DlibRecognizer, limit: int = 0, upscal
     orig = original_descriptors(recognizer, all_photos)
     index = {n: i for i, n in enumerate(orig["names"])}
     photos = spread_limit(all_photos, limit)
-    s = _Scored()
+    s = _Scored(second=[] if second is not None else None)
     with zipfile.ZipFile(CELEBA_ZIP) as z:
         for name, ident in tqdm(photos, desc=f"identity ({method.name})", unit="img"):
             _score_photo(method, recognizer, decode_rgb(z.read(name)), name, ident, orig, index[name], upscale, s,
@@ -207,22 +208,16 @@ def evaluate_identity(method, recognizer: DlibRecognizer, limit: int = 0, upscal
 
 
 def _second_judge(desc, z, orig: dict, s: _Scored) -> dict:
-    """The second recognizer's verdicts on the same photos, from the originals' dlib boxes."""
+    """The second recognizer's verdicts on the same photos, from the originals' dlib boxes. Every
+    scored photo has an original face (photos without one are counted, not scored)."""
     from tools.evaluation import second as sj
 
     rows = [i for i in range(len(orig["names"])) if orig["boxes"][i][0] >= 0]
-    crops = [sj.face_crop(decode_rgb(z.read(orig["names"][i])), orig["boxes"][i]) for i in rows]
-    originals = np.zeros((len(orig["names"]), desc.dim), np.float32)
-    originals[rows] = desc.embed(crops)
-    have = np.zeros(len(orig["names"]), bool)
-    have[rows] = True
-    keep = [k for k, (row, _) in enumerate(s.second) if have[row]]
-    anonymized = desc.embed([s.second[k][1] for k in keep])
-    # Rows are re-indexed onto the photos that have an original face.
-    remap = -np.ones(len(have), int)
-    remap[have] = np.arange(int(have.sum()))
-    return sj.identity_figures(desc, originals[have], np.array(orig["ids"])[have].tolist(), anonymized,
-                               [int(remap[s.second[k][0]]) for k in keep])
+    position = {row: k for k, row in enumerate(rows)}
+    originals = desc.embed([sj.face_crop(decode_rgb(z.read(orig["names"][i])), orig["boxes"][i]) for i in rows])
+    anonymized = desc.embed([crop for _, crop in s.second])
+    return sj.identity_figures(desc, originals, [orig["ids"][i] for i in rows], anonymized,
+                               [position[row] for row, _ in s.second])
 
 
 def _score_photo(method, recognizer, rgb, name, ident, orig, i, upscale, s: _Scored, samples: list | None) -> None:
@@ -242,9 +237,8 @@ def _score_photo(method, recognizer, rgb, name, ident, orig, i, upscale, s: _Sco
     obox = tuple(int(v) for v in orig["boxes"][i])
     if upscale == 1 and out.region is not None and out.region.any():
         _measure_look(s.look, rgb, anon, out.face_box or obox, out.region)
-    from tools.evaluation.second import face_crop
-
-    s.second.append((i, face_crop(anon, obox)))
+    if s.second is not None:
+        s.second.append((i, face_crop(anon, obox)))
     box = max(found, key=lambda b: iou(b, obox)) if found else obox
     d = recognizer.describe(anon, box)
     s.desc.append(d)
