@@ -52,8 +52,3 @@ def identity_figures(desc: FaceDescriptor, originals: np.ndarray, ids: list, ano
         "rank1_chance": 1.0 / max(1, len(set(ids.tolist()))),
         "scored": len(anon_rows),
     }
-
-
-def expression_label(judge: ExpressionJudge, rgb: np.ndarray) -> str:
-    """face-api's label for a whole (upscaled) FER frame, as it reads a face crop."""
-    return judge.labels_of([rgb])[0]
