@@ -224,7 +224,7 @@ def test_head_generator_trains_on_whole_head_crops_and_resumes(tmp_path):
     """The head pack holds what the agent cuts at run time; training sees the surroundings, never the head."""
 
     from agent.detection.landmarks import FaceAnalyzer
-    from agent.synthesis.align import transform_points
+    from agent.synthesis.align import align_face, transform_points
     from agent.synthesis.head import HEAD_SIZE, head_mask, head_matrix
     from tools import train_head
     from tools.generator_model import EdgeGenerator
@@ -256,7 +256,15 @@ def test_head_generator_trains_on_whole_head_crops_and_resumes(tmp_path):
     run = tmp_path / "run"
     args = ["--data", str(tmp_path), "--run", str(run), "--minutes", "5", "--batch", "2", "--workers", "1",
             "--resume", str(tmp_path / "none.pt")]  # start from the face generator, not the committed state
-    assert train_head.main([*args, "--max-steps", "2"]) == 0
+    # The expression loss samples each face's alignment crop out of its head crop, as align_face cuts it.
+    sampled = torch.nn.functional.grid_sample(
+        torch.from_numpy(pack.image(0)).permute(2, 0, 1)[None].float(),
+        torch.nn.functional.affine_grid(torch.from_numpy(train_head.face_theta(pack.landmarks[0], HEAD_SIZE))[None],
+                                        (1, 3, 64, 64), align_corners=False), align_corners=False)
+    aligned, _, _ = align_face(pack.image(0), pack.landmarks[0], 64)
+    assert np.abs(sampled[0].permute(1, 2, 0).numpy() - aligned)[4:-4, 4:-4].mean() < 3.0
+
+    assert train_head.main([*args, "--max-steps", "2", "--expression", "5"]) == 0
     assert train_head.main([*args, "--max-steps", "3"]) == 0
     assert torch.load(run / "state.pt")["step"] == 3, "a rerun must continue from the saved state"
     # The compact state continues a fresh run where this one stopped.

@@ -8,7 +8,8 @@ the head blanked out, never a pixel of the head itself, so it must invent hair a
 learns to match their tone and light to the visible neck and to end the head in the background.
 
 Losses: masked L1 inside the head (where the photo is known), LSGAN with a two-scale conditional
-PatchGAN on the composite (synthetic head in the real surroundings) and discriminator feature matching.
+PatchGAN on the composite (synthetic head in the real surroundings) and discriminator feature matching;
+with ``--expression W``, the frozen emotion CNN must read the composite's face as it reads the real one.
 
     python -m tools.prepare_heads                                 # once: ~/.cache/anoncam/heads192_*.npz
     python -m tools.train_head --minutes 60                       # CPU; resumes runs/head
@@ -36,14 +37,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from agent.synthesis.align import alignment_matrix
 from agent.synthesis.head import HEAD_SIZE, head_mask
 from agent.synthesis.render import RENDERED_INDICES, render_conditioning
 from tools.datasets import CACHE
 from tools.generator_model import EdgeGenerator, MultiScaleDiscriminator
 from tools.prepare_heads import PackedHeads
-from tools.train_generator import _lsgan, jitter, save_grid, to_net
+from tools.train_generator import _lsgan, expression_kl, jitter, save_grid, to_net
 
 IN_CH = 7  # conditioning (3), surroundings (3), head mask (1)
+FACE_VIEW = 64  # side of the face crops the expression loss compares (the classifier resizes them to 48)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,6 +63,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--l1", type=float, default=100.0)
     ap.add_argument("--fm", type=float, default=10.0, help="discriminator feature-matching weight")
+    ap.add_argument("--expression", type=float, default=0.0,
+                    help="weight of the expression-consistency loss: the frozen emotion CNN of the metadata stage "
+                         "(tools/checkpoints/emotion_cnn.pt, never a judge of tools.evaluate) must read the synthetic "
+                         "head's face as it reads the real one; 0 = off")
     ap.add_argument("--d-channels", type=int, default=32, help="the discriminator's base width (64 on a GPU)")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA always; on CPUs with AMX or AVX512-BF16)")
     ap.add_argument("--workers", type=int, default=max(1, min(16, mp.cpu_count())))
@@ -70,15 +77,25 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def face_theta(crop_landmarks: np.ndarray, crop_size: int, face_size: int = FACE_VIEW) -> np.ndarray:
+    """(2, 3) ``F.affine_grid`` matrix that samples the face's alignment crop (``face_size`` px, as the
+    emotion classifier reads faces) out of its head crop, in normalized coordinates (align_corners=False)."""
+    def to_pixels(size):  # normalized -> pixel coordinates
+        return np.array([[size / 2, 0, (size - 1) / 2], [0, size / 2, (size - 1) / 2], [0, 0, 1]])
+
+    crop_to_face = np.vstack([alignment_matrix(crop_landmarks, face_size), [0, 0, 1]])
+    return (np.linalg.inv(to_pixels(crop_size)) @ np.linalg.inv(crop_to_face) @ to_pixels(face_size))[:2].astype(np.float32)
+
+
 def _decode(args):
-    """Rows lo:hi of a pack: (pixels, conditioning, head mask, in-photo mask), uint8."""
+    """Rows lo:hi of a pack: (pixels, conditioning, head mask, in-photo mask) as uint8, and face_theta."""
     path, lo, hi = args
     pack = PackedHeads(path)
     rows = range(lo, hi)
     conds = [render_conditioning(pack.landmarks[i][RENDERED_INDICES], pack.size) for i in rows]
     masks = [(head_mask(pack.landmarks[i], pack.size) * 255).astype(np.uint8) for i in rows]
     return (np.stack([pack.image(i) for i in rows]), np.stack(conds), np.stack(masks),
-            np.stack([pack.valid(i) for i in rows]))
+            np.stack([pack.valid(i) for i in rows]), np.stack([face_theta(pack.landmarks[i], pack.size) for i in rows]))
 
 
 def load_pack(path: Path, workers: int, limit: int = 0) -> tuple[torch.Tensor, ...]:
@@ -157,12 +174,25 @@ class Trainer:
             self.G_ema.load_state_dict(self.G.state_dict())
         for p in self.G_ema.parameters():
             p.requires_grad_(False)
+        self.judge = None
+        if args.expression > 0:
+            from tools.emotion_model import load_emotion_cnn
+            self.judge = load_emotion_cnn(map_location=dev)
 
     def batch_of(self, tensors, idx) -> SimpleNamespace:
-        imgs, conds, masks, valid = (t[idx] for t in tensors)
+        imgs, conds, masks, valid, theta = (t[idx] for t in tensors)
         real, cond = to_net(imgs), to_net(conds)
         mask, inside = masks[:, None].float() / 255, valid[:, None].float() / 255
-        return SimpleNamespace(real=real, cond=cond, mask=mask, valid=inside)
+        return SimpleNamespace(real=real, cond=cond, mask=mask, valid=inside, theta=theta)
+
+    def expression_loss(self, b, comp: torch.Tensor) -> torch.Tensor:
+        """The emotion CNN's KL between the real face and the composite's, both seen in the face's
+        alignment crop. The crops come from the mesh before jitter: both are framed alike, which is
+        all a consistency loss needs."""
+        grid = F.affine_grid(b.theta, (b.theta.shape[0], 3, FACE_VIEW, FACE_VIEW), align_corners=False)
+        real = F.grid_sample(b.real, grid, padding_mode="border", align_corners=False)
+        fake = F.grid_sample(comp.float(), grid, padding_mode="border", align_corners=False)
+        return expression_kl(self.judge, real, fake)
 
     def train_step(self) -> dict:
         idx = torch.randint(0, self.data[0].shape[0], (self.batch,), device=self.dev)
@@ -184,6 +214,8 @@ class Trainer:
         weight = b.valid * (b.mask + 0.05)
         l1 = (weight * (fake.float() - b.real).abs()).sum() / (3 * weight.sum()).clamp_min(1.0)
         loss_g = adv + self.args.fm * fm + self.args.l1 * l1
+        expr = self.expression_loss(b, comp) if self.judge is not None else torch.zeros((), device=self.dev)
+        loss_g = loss_g + self.args.expression * expr
         self.optG.zero_grad(set_to_none=True)
         loss_g.backward()
         self.optG.step()
@@ -193,7 +225,8 @@ class Trainer:
             for e, p in zip(self.G_ema.buffers(), self.G.buffers()):
                 e.copy_(p)
         self.step += 1
-        return {k: float(v.detach()) for k, v in (("loss_d", loss_d), ("adv", adv), ("fm", fm), ("l1", l1))}
+        return {k: float(v.detach()) for k, v in (("loss_d", loss_d), ("adv", adv), ("fm", fm), ("l1", l1),
+                                                        ("expr", expr))}
 
     def save(self, trained_s: float, final: bool = False) -> None:
         run = self.args.run
