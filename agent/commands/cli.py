@@ -15,8 +15,8 @@ from agent.commands.native_log import QuietNativeLogs
 from agent.errors import AnoncamError
 
 # Modules providing subcommands, in the order `anoncam --help` lists them.
-COMMAND_MODULES = ("agent.commands.anonymize", "agent.commands.analyze", "agent.commands.run", "agent.commands.bench",
-                   "agent.commands.demo")
+COMMAND_MODULES = ("agent.commands.anonymize", "agent.commands.analyze", "agent.commands.run", "agent.commands.view",
+                   "agent.commands.bench", "agent.commands.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,13 +41,15 @@ def read_password(cfg: MqttConfig, environ=None) -> str | None:
     return password
 
 
-def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
+def tls_context(cfg: MqttConfig, client_certificate: bool = True) -> ssl.SSLContext | None:
+    """The broker's TLS settings; ``client_certificate=False`` leaves out the agent's own certificate
+    (for connections made on someone else's behalf, such as the viewer's bridge)."""
     t = cfg.tls
     if not t.enabled:
         return None
     try:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(t.ca_file) if t.ca_file else None)
-        if t.cert_file is not None:
+        if t.cert_file is not None and client_certificate:
             ctx.load_cert_chain(str(t.cert_file), str(t.key_file))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"mqtt.tls: cannot load certificates ({exc}); check ca_file, cert_file and key_file") from None
