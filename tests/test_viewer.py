@@ -9,6 +9,7 @@ the JPEG of the frame id the page says it shows.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 import urllib.error
@@ -303,3 +304,31 @@ def test_viewer_asks_for_the_password_and_keeps_it_out_of_the_page(tmp_path):
         browser.close()
         server.close()
         broker.stop()
+
+
+def test_demo_view_plays_to_the_viewer_through_a_3_1_1_broker(tmp_path):
+    """``anoncam demo --view``: the embedded amqtt broker speaks MQTT 3.1.1 only, so the page falls back."""
+    why = missing()
+    if why:
+        pytest.fail(why)
+    port = free_port()
+    log = tmp_path / "demo.log"
+    demo = subprocess.Popen(agent_command("demo", "--view", str(port)), env=agent_env(),
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    browser = None
+    try:
+        assert wait_for(lambda: _serving(port), 60), log.read_text()[-2000:]
+        browser = Browser()
+        browser.open(f"http://127.0.0.1:{port}/")
+        assert browser.wait("Number(document.body.dataset.framesShown) >= 5", 120), \
+            (browser.text("connection"), log.read_text()[-2000:])
+        assert browser.text("connection") == "broker: connected (MQTT 3.1.1)"
+        assert browser.text("availability") == "camera: online"
+        assert browser.run("return window.anoncamViewer.meta.faces.length;") >= 1
+    finally:
+        if browser is not None:
+            browser.close()
+        assert terminate(demo, signal.SIGINT) == 0, log.read_text()[-2000:]
+    text = log.read_text()
+    assert "the live viewer is on http://" in text and " 0 viewer connection(s)" not in text, text[-2000:]
+    assert "websockets" not in text, "the server library's own log lines stay quiet"

@@ -155,13 +155,13 @@ def clip_frames(path: Path) -> int:
     return n
 
 
-def demo_config(clip: Path, port: int, backend: str, clip_len: int) -> Config:
+def demo_config(clip: Path, port: int, backend: str, clip_len: int, loop: bool = False) -> Config:
     """Built-in defaults, pointed at the clip and the embedded broker."""
     # Files play in real time, like a camera: when the pipeline is slower than 15 fps, frames are
     # skipped, not queued.
     return Config.model_validate({
         "inference": {"backend": backend},
-        "capture": {"source": str(clip)},
+        "capture": {"source": str(clip), "loop": loop},
         "mqtt": {
             "host": HOST, "port": port, "prefix": PREFIX, "camera": CAMERA,
             # The protocol is "auto": amqtt speaks only MQTT 3.1.1, so the agent's MQTT 5 attempt is refused
@@ -214,6 +214,34 @@ def run_demo(frames: int | None, out: Path, port: int, backend: str, verbose: bo
             broker.stop()
         elapsed = time.monotonic() - started
     return report(agent, receiver.got, broker, out, elapsed)
+
+
+def run_view_demo(frames: int | None, port: int, view_port: int, backend: str, verbose: bool = False) -> int:
+    """The clip in a loop through the agent to the embedded broker, watched in the live viewer
+    (``anoncam view``'s page and bridge) until Ctrl-C or ``frames``."""
+    from agent.commands.view import viewer_server
+    from agent.service.agent import Agent
+
+    quiet_libraries(verbose)
+    with bundled_clip() as clip:
+        clip_len = clip_frames(clip)
+        broker = EmbeddedBroker(HOST, port).start()
+        try:
+            cfg = demo_config(clip, broker.port, backend, clip_len, loop=True)
+            server = viewer_server(cfg, bind=HOST, port=view_port).start()
+            try:
+                print(f"anoncam demo: the live viewer is on {server.url} (amqtt {broker.version} broker on "
+                      f"{HOST}:{broker.port}; the clip {clip.name} in a loop); Ctrl-C to stop", flush=True)
+                agent = Agent(cfg)
+                code = agent.run(max_frames=frames)
+            finally:
+                server.close()
+        finally:
+            broker.stop()
+    fr = (agent.last_stats or {}).get("frames", {})
+    print(f"anoncam demo: read {fr.get('read', 0)} frames, published {fr.get('published', 0)}, sent "
+          f"{fr.get('sent', 0)} over MQTT; {server.bridged} viewer connection(s)", flush=True)
+    return code
 
 
 def report(agent, got: Received, broker: EmbeddedBroker, out: Path, elapsed: float) -> int:
@@ -286,6 +314,9 @@ def register(sub):
     p.add_argument("--port", type=int, default=0, help="loopback port for the embedded broker (default: any free port)")
     p.add_argument("--backend", choices=("auto", "openvino", "onnxruntime"), default="auto",
                    help="inference backend for the generator and the emotion classifier (default: auto)")
+    p.add_argument("--view", nargs="?", type=int, const=8090, metavar="PORT",
+                   help="instead of saving frames, play the clip in a loop and watch it in the live viewer at "
+                        "http://localhost:PORT/ (default port 8090) until Ctrl-C or --frames")
     p.set_defaults(func=run)
 
 
@@ -294,4 +325,6 @@ def run(args) -> int:
         raise DemoError("--frames must be at least 1")
     if not 0 <= args.port < 65536:
         raise DemoError("--port must be from 1 to 65535 (or 0 for any free port)")
+    if args.view is not None:
+        return run_view_demo(args.frames, args.port, args.view, args.backend, verbose=getattr(args, "verbose", False))
     return run_demo(args.frames, args.out, args.port, args.backend, verbose=getattr(args, "verbose", False))

@@ -26,6 +26,9 @@ from websockets.http11 import Request, Response
 from agent.errors import AnoncamError
 
 log = logging.getLogger(__name__)
+# The server library logs every start, stop and refused handshake at INFO: only its warnings show.
+library_log = logging.getLogger(__name__ + ".websockets")
+library_log.setLevel(logging.WARNING)
 
 BRIDGE_PATH = "/mqtt"
 CHUNK = 256 * 1024
@@ -102,7 +105,8 @@ class ViewerServer:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         try:
             server = await serve(self._bridge, self.bind, self.port, process_request=self._http,
-                                 subprotocols=["mqtt"], max_size=None, compression=None, ping_interval=20)
+                                 subprotocols=["mqtt"], max_size=None, compression=None, ping_interval=20,
+                                 logger=library_log)
         except OSError as exc:
             self._error = AnoncamError(f"cannot serve the viewer on {self.bind}:{self.port} ({exc.strerror}): "
                                        "choose another --port, or stop what uses it")

@@ -64,9 +64,18 @@
     client.on("message", (topic, payload, packet) => {
       try { onMessage(topic.slice(settings.base.length + 1), payload, packet); } catch (err) { console.error(err); }
     });
+    let refused = false;
+    client.on("close", () => {
+      // Some 3.1.1-only brokers (amqtt) close the connection on an MQTT 5 CONNECT instead of refusing it.
+      if (client === state.client && state.protocol === 5 && !state.connectedOnce && !refused) {
+        state.protocol = 4;
+        connect(settings);
+      }
+    });
     client.on("reconnect", () => setBadge("connection", "bad", "broker: reconnecting"));
     client.on("offline", () => setBadge("connection", "bad", "broker: offline"));
     client.on("error", (err) => {
+      refused = true;
       // A broker that speaks only MQTT 3.1.1 refuses version 5 with CONNACK code 1: try again with 3.1.1.
       if (state.protocol === 5 && !state.connectedOnce && (err.code === 1 || /protocol/i.test(err.message))) {
         state.protocol = 4;
