@@ -144,6 +144,22 @@ def test_the_bridge_carries_mqtt_both_ways_for_its_own_page_only(mosquitto):
         server.close()
 
 
+def test_the_bridge_closes_the_page_socket_when_the_broker_is_away():
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    server = viewer_server(Config.model_validate({"mqtt": {"host": "127.0.0.1", "port": free_port()}}), port=0).start()
+    try:
+        with connect(f"ws://127.0.0.1:{server.port}/mqtt", origin=f"http://127.0.0.1:{server.port}",
+                     subprotocols=["mqtt"]) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=15)
+        assert closed.value.rcvd.code == 1011 and "unreachable" in closed.value.rcvd.reason
+        assert server.bridged == 0
+    finally:
+        server.close()
+
+
 @pytest.fixture
 def ws_broker(tmp_path):
     if MOSQUITTO is None:

@@ -69,6 +69,7 @@ class ViewerServer:
             raise AnoncamError(f"--port {port}: give a port from 1 to 65535 (0 picks a free one)")
         self.files, self.broker, self.bind, self.port = files, broker, bind, port
         self.bridged = 0  # page connections bridged to the broker so far
+        self._unreachable = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -143,9 +144,15 @@ class ViewerServer:
                 asyncio.open_connection(broker.host, broker.port, ssl=broker.tls,
                                         server_hostname=broker.host if broker.tls else None), 10)
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-            log.warning("viewer: cannot reach the broker at %s:%d (%s)", broker.host, broker.port, exc)
+            # Pages retry every 2 s: one line per outage, not per attempt.
+            (log.debug if self._unreachable else log.warning)(
+                "viewer: cannot reach the broker at %s:%d (%s); pages keep retrying", broker.host, broker.port, exc)
+            self._unreachable = True
             await ws.close(1011, "the broker is unreachable from the viewer")
             return
+        if self._unreachable:
+            log.info("viewer: the broker at %s:%d is reachable again", broker.host, broker.port)
+        self._unreachable = False
         self.bridged += 1
         log.debug("viewer: page %s bridged to %s:%d", ws.remote_address, broker.host, broker.port)
 
