@@ -4,14 +4,16 @@
 
 The clip is made here from photos the generators never trained on (held-out CelebA identities and adult
 UTKFace chips from ../shared/data, research-only: the clip and its frames stay in a temporary folder and are
-deleted). Four people at a time, one per quarter of a 640x480 frame, drift and zoom slowly; every 55 frames
+deleted), half of each. Four people at a time, one per quarter of a 640x480 frame, drift and zoom slowly; every 55 frames
 four new people take their places. An AAC tone runs the clip's length. Then:
 
 - ``anoncam anonymize CLIP OUT`` runs as a user runs it (the console command, in a subprocess);
 - the output's frame count, frame rate and audio are read back with PyAV;
 - dlib (an independent recognizer, the eval extra) describes each person in every output frame, at the box
   dlib finds in the person's quarter or, if it finds none, at the person's box in the source frame, and
-  compares it with the same person in the source frame (distance < 0.6: a match);
+  compares it (distance < 0.6: a match) with the same person in the same source frame (the strictest
+  comparison: same pose, light and hair) and, for the CelebA identities, with another photo of them (what a
+  re-identifier would hold; the untouched clip against the same photos gives the judge's ceiling);
 - deface (CenterFace + blur, its CLI defaults) runs on the same clip for comparison.
 """
 
@@ -39,29 +41,35 @@ SEGMENT = 55  # frames per group of four people
 FACE_PX = 130  # the pasted photo's height; its face is about 100 px tall
 
 
-def pick_people(count: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
-    """``count`` photos of different people no generator trained on: held-out CelebA identities and UTKFace."""
+def pick_people(count: int, seed: int = 0) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """``count`` people no generator trained on: (name, the photo in the clip, another photo of them or None).
+
+    Held-out CelebA identities come with a second photo, the one a re-identifier would hold; UTKFace
+    chips (adults) have none. The two alternate."""
     rng = np.random.default_rng(seed)
     held, utk = {}, []
     for name, data in iter_zip_images(CELEBA_ZIP):
         identity, split, _ = identity_and_split(f"celeba:{name}")
-        if split == "heldout" and identity not in held:
-            held[identity] = data
+        if split == "heldout" and len(held.setdefault(identity, [])) < 2:
+            held[identity].append(data)
     for i, (name, data) in enumerate(iter_zip_images(UTK_ZIP)):
         # Adults only (UTKFace names start with the age): dlib's 0.6 threshold is set for adults and calls
         # most young children the same person, original or not.
         age = name.rsplit("/", 1)[-1].split("_", 1)[0]
         if i % 37 == 0 and age.isdigit() and 18 <= int(age) <= 85:
-            utk.append((f"utk:{name}", data))
-    pool = [(k, v) for k, v in held.items()] + utk
-    order = rng.permutation(len(pool))
+            utk.append((f"utk:{name}", [data]))
+    celeb = [(k, v) for k, v in held.items() if len(v) == 2]
+    # Half of each: the CelebA identities carry the re-identification figure, UTKFace the range of ages and skin.
+    sets = [[celeb[i] for i in rng.permutation(len(celeb))], [utk[i] for i in rng.permutation(len(utk))]]
     people = []
-    for i in order:
-        rgb = decode_rgb(pool[i][1])
-        if rgb is not None:
-            people.append((pool[i][0], rgb))
-        if len(people) == count:
-            break
+    while len(people) < count and any(sets):
+        for pool in sets:
+            while pool and len(people) < count:
+                name, photos = pool.pop(0)
+                rgb = decode_rgb(photos[0])
+                if rgb is not None:
+                    people.append((name, rgb, decode_rgb(photos[1]) if len(photos) > 1 else None))
+                    break
     return people
 
 
@@ -136,23 +144,37 @@ def inside(box, cell_box) -> bool:
     return cell_box[0] <= cx <= cell_box[2] and cell_box[1] <= cy <= cell_box[3]
 
 
-def judge_identity(judge, source: list[np.ndarray], output: list[np.ndarray], layout) -> dict:
-    """dlib matches between each person in the source frames and the same place in the output frames."""
+def reference_descriptors(judge, people) -> dict[int, np.ndarray]:
+    """dlib descriptors of each person's other photo, where they have one and dlib finds its face."""
+    refs = {}
+    for k, (_, _, other) in enumerate(people):
+        if other is not None and (boxes := judge.detect(other)):
+            refs[k] = judge.describe(other, boxes[0])
+    return refs
+
+
+def judge_identity(judge, source: list[np.ndarray], output: list[np.ndarray], layout, photos: dict) -> dict:
+    """dlib on each person in the output frames, against (a) the same person in the same source frame and
+    (b) another photo of them (``photos``: person -> descriptor), which is what a re-identifier holds."""
     from tools.evaluation.identity import DLIB_THRESHOLD
 
-    judged = matched = missing_in_source = other_pairs = other_matches = 0
+    judged = matched = missing_in_source = other_pairs = other_matches = photo_judged = photo_matched = 0
     distances = []
     for src, out, boxes in tqdm(list(zip(source, output, layout)), desc="dlib", leave=False):
         src_faces, out_faces = judge.detect(src), judge.detect(out)
         refs, outs = [], []
-        for _, photo_box in boxes:
+        for person, photo_box in boxes:
             mine = [b for b in src_faces if inside(b, photo_box)]
+            candidates = [b for b in out_faces if inside(b, photo_box)] or mine[:1] or [photo_box]
+            described = [judge.describe(out, b) for b in candidates]
+            if person in photos:
+                photo_judged += 1
+                photo_matched += min(float(np.linalg.norm(v - photos[person])) for v in described) < DLIB_THRESHOLD
             if not mine:
                 missing_in_source += 1
                 continue
             refs.append(judge.describe(src, mine[0]))
-            candidates = [b for b in out_faces if inside(b, photo_box)] or [mine[0]]
-            outs.append([judge.describe(out, b) for b in candidates])
+            outs.append(described)
         for a, described in enumerate(outs):
             for b, ref in enumerate(refs):
                 d = min(float(np.linalg.norm(v - ref)) for v in described)
@@ -165,6 +187,7 @@ def judge_identity(judge, source: list[np.ndarray], output: list[np.ndarray], la
                     other_matches += d < DLIB_THRESHOLD
     return {"faces_judged": judged, "faces_matching_their_person": matched,
             "faces_matching_another_person_in_the_frame": f"{other_matches} of {other_pairs}",
+            "faces_matching_another_photo_of_their_person": f"{photo_matched} of {photo_judged}",
             "faces_dlib_missed_in_source": missing_in_source, "threshold": DLIB_THRESHOLD,
             "min_distance": round(min(distances), 3) if distances else None,
             "median_distance": round(float(np.median(distances)), 3) if distances else None}
@@ -200,6 +223,10 @@ def main(argv=None) -> int:
         clip, out = tmp / "people.mp4", tmp / "people-anonymized.mp4"
         layout = write_clip(clip, args.frames, args.fps, people)
         source, _, _ = read_video(clip)
+        photos = reference_descriptors(judge, people)
+        # The judge's ceiling: the untouched clip against the same other photos.
+        report["clip"]["raw_faces_matching_another_photo_of_their_person"] = \
+            judge_identity(judge, source, source, layout, photos)["faces_matching_another_photo_of_their_person"]
         report["anoncam"] = run_anonymize(clip, out, args.config)
         if args.config:
             report["anoncam"]["config"] = args.config.read_text()
@@ -207,7 +234,7 @@ def main(argv=None) -> int:
         report["anoncam"].update(frames_out=len(frames), fps_out=round(rate, 3), audio_streams_out=audio,
                                  fps_processing=round(len(frames) / max(report["anoncam"]["wall_s"], 1e-6), 2))
         if len(frames) == len(source):
-            report["anoncam"]["dlib"] = judge_identity(judge, source, frames, layout)
+            report["anoncam"]["dlib"] = judge_identity(judge, source, frames, layout, photos)
         if not args.no_deface:
             from tools.bench_video import run_deface
 
@@ -217,7 +244,7 @@ def main(argv=None) -> int:
             report["deface"] = {"wall_s": round(figures["seconds"], 1), "frames_out": len(frames),
                                 "fps_out": round(rate, 3), "audio_streams_out": audio, "settings": figures["settings"]}
             if len(frames) == len(source):
-                report["deface"]["dlib"] = judge_identity(judge, source, frames, layout)
+                report["deface"]["dlib"] = judge_identity(judge, source, frames, layout, photos)
     ours = report["anoncam"]
     report["verdict"] = {
         "frames_kept": ours.get("frames_out") == args.frames, "rate_kept": abs(ours.get("fps_out", 0) - args.fps) < 0.01,
