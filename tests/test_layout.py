@@ -59,3 +59,15 @@ def test_research_words_stay_out_of_the_runtime():
         text = path.read_text().lower()
         for word in ("campaign", "issue ", "step 3", "step 6", "step 7"):
             assert word not in text, f"{path.relative_to(ROOT)} speaks of '{word.strip()}'"
+
+
+def test_every_command_line_argument_is_described():
+    import argparse
+
+    from agent.commands.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    undescribed = [f"anoncam {name} {act.option_strings or act.dest}" for name, parser in sub.choices.items()
+                   for act in parser._actions if not act.help and not isinstance(act, argparse._HelpAction)]
+    assert not undescribed
+    assert all(action.help for action in sub._choices_actions), "every subcommand has a one-line help"

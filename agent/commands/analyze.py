@@ -27,7 +27,7 @@ def register(sub):
     p = sub.add_parser("analyze", help="per-face emotion, blendshapes and head pose of an image or a folder",
                        description="Find every face in INPUT (an image file, or a folder searched recursively) and "
                                    "print its 7-class emotion, 52 blendshapes and head pose. Nothing is written to disk.")
-    p.add_argument("input", type=Path)
+    p.add_argument("input", type=Path, metavar="INPUT", help="an image, or a folder searched recursively (every format OpenCV reads)")
     p.add_argument("--json", action="store_true", help="one JSON object per image per line (schema anoncam.meta/1)")
     p.add_argument("--anonymized", action="store_true",
                    help="also anonymize each face and report whether the synthetic face kept the emotion (expression_kept)")
