@@ -39,7 +39,6 @@ SAMPLE_RATE = 48000
 
 def write_clip(path: Path, seconds: float, fps: int) -> Path:
     """The bench scene as H.264 .mp4 with a 440 Hz AAC tone."""
-    import av
     import cv2
 
     from agent.commands.bench_scenes import (
@@ -51,22 +50,31 @@ def write_clip(path: Path, seconds: float, fps: int) -> Path:
 
     scene = SCENE_BY_NAME[SCENE]
     head, backdrop = load_head(), background(scene.width, scene.height)
-    frames = round(seconds * fps)
+    frames = (cv2.cvtColor(render_frame(scene, i, head, backdrop), cv2.COLOR_BGR2RGB) for i in range(round(seconds * fps)))
+    write_h264_with_tone(path, scene.width, scene.height, fps, frames)
+    return path
+
+
+def write_h264_with_tone(path: Path, width: int, height: int, fps: int, frames) -> int:
+    """RGB ``frames`` (an iterable) as H.264 .mp4 at ``fps``, with a 440 Hz AAC tone as long as the video."""
+    import av
+
+    count = 0
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = scene.width, scene.height, "yuv420p"
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         tone = out.add_stream("aac", rate=SAMPLE_RATE)
         tone.layout = "mono"
-        for i in range(frames):
-            rgb = cv2.cvtColor(render_frame(scene, i, head, backdrop), cv2.COLOR_BGR2RGB)
+        for rgb in frames:
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
+            frame.pts = count
+            count += 1
             for p in video.encode(frame):
                 out.mux(p)
         for p in video.encode(None):
             out.mux(p)
-        mux_tone(out, tone, round(SAMPLE_RATE * frames / fps), 0.2)
-    return path
+        mux_tone(out, tone, round(SAMPLE_RATE * count / fps), 0.2)
+    return count
 
 
 def mux_tone(out, stream, samples: int, amplitude: float) -> None:

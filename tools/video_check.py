@@ -31,8 +31,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from tools.bench_video import SAMPLE_RATE, mux_tone
-from tools.datasets import CELEBA_ZIP, UTK_ZIP, decode_rgb, identity_and_split, iter_zip_images
+from tools.bench_video import write_h264_with_tone
+from tools.datasets import (
+    CELEBA_ZIP,
+    UTK_ZIP,
+    decode_rgb,
+    identity_and_split,
+    iter_zip_images,
+)
 from tools.reports import ROOT, write_report
 
 SIZE = (640, 480)
@@ -106,24 +112,15 @@ def render(i: int, people, base: np.ndarray) -> tuple[np.ndarray, list[tuple[int
 
 
 def write_clip(path: Path, frames: int, fps: int, people) -> list[list[tuple[int, tuple]]]:
-    import av
-
     base, layout = backdrop(), []
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = *SIZE, "yuv420p"
-        tone = out.add_stream("aac", rate=SAMPLE_RATE)
-        tone.layout = "mono"
+
+    def rendered():
         for i in tqdm(range(frames), desc="clip", leave=False):
             rgb, boxes = render(i, people, base)
             layout.append(boxes)
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            for p in video.encode(frame):
-                out.mux(p)
-        for p in video.encode(None):
-            out.mux(p)
-        mux_tone(out, tone, round(SAMPLE_RATE * frames / fps), 0.2)
+            yield rgb
+
+    write_h264_with_tone(path, *SIZE, fps, rendered())
     return layout
 
 
