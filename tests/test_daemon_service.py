@@ -156,3 +156,18 @@ def test_watchdog_pings_stop_when_the_camera_stops_delivering(mosquitto, astrona
     late = [round(t - frames_ended, 2) for t in pings if t > frames_ended + stall_s + 0.5]
     assert not late, f"watchdog still pinged {late} s after the camera stopped sending"
     assert not runner.is_alive()
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed")
+def test_viewer_unit_verifies_and_scores_at_most_2(tmp_path):
+    source = UNIT.with_name("anoncam-view.service")
+    unit = tmp_path / source.name
+    unit.write_text(source.read_text().replace("/opt/anoncam/bin/anoncam", f"{sys.executable} -m agent.commands.cli"))
+    verify = subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", str(unit)], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
+    assert source.name not in verify.stderr, verify.stderr
+    sec = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=yes", str(source)], capture_output=True, text=True)
+    m = re.search(r"Overall exposure level for anoncam-view\.service: ([\d.]+)", sec.stdout)
+    assert m, sec.stdout + sec.stderr
+    assert float(m.group(1)) <= 2.0, sec.stdout
+    assert "view --config /etc/anoncam/agent.yaml" in source.read_text()
