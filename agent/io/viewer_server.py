@@ -60,7 +60,7 @@ def same_origin(request: Request) -> bool:
 class ViewerServer:
     """Serves ``files`` ({path: (bytes, content type)}) and, with ``broker``, the bridge at BRIDGE_PATH.
 
-    ``start()`` runs it in a background thread (tests, the demo); ``serve_forever()`` in the foreground.
+    ``start()`` runs it in a background thread; ``close()`` stops it.
     """
 
     def __init__(self, files: dict[str, tuple[bytes, str]], broker: BrokerEndpoint | None,
@@ -82,11 +82,6 @@ class ViewerServer:
         return f"http://{shown}:{self.port}/"
 
     # ---- lifecycle ----
-    def serve_forever(self) -> None:
-        asyncio.run(self._main())
-        if self._error is not None:
-            raise self._error
-
     def start(self, timeout: float = 10.0) -> "ViewerServer":
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="viewer", daemon=True)
         self._thread.start()

@@ -42,10 +42,12 @@
   }
 
   // ---- MQTT ----
+  const protocolName = () => (state.protocol === 5 ? "5" : "3.1.1");
+
   function connect(settings) {
     if (state.client) state.client.end(true);
     state.settings = settings;
-    setBadge("connection", "unknown", `broker: connecting (MQTT ${state.protocol === 5 ? "5" : "3.1.1"})`);
+    setBadge("connection", "unknown", `broker: connecting (MQTT ${protocolName()})`);
     const client = mqtt.connect(settings.url, {
       protocolVersion: state.protocol, clean: true, reconnectPeriod: 2000, connectTimeout: 8000,
       clientId: "anoncam-viewer-" + Math.random().toString(16).slice(2, 10),
@@ -54,7 +56,7 @@
     state.client = client;
     client.on("connect", () => {
       state.connectedOnce = true;
-      setBadge("connection", "ok", `broker: connected (MQTT ${state.protocol === 5 ? "5" : "3.1.1"})`);
+      setBadge("connection", "ok", `broker: connected (MQTT ${protocolName()})`);
       document.body.dataset.state = "connected";
       const topics = ["frame", "meta", "availability", "stats"].map((leaf) => `${settings.base}/${leaf}`);
       client.subscribe(topics, {qos: 0}, (err) => {
@@ -64,22 +66,23 @@
     client.on("message", (topic, payload, packet) => {
       try { onMessage(topic.slice(settings.base.length + 1), payload, packet); } catch (err) { console.error(err); }
     });
+    // A broker that speaks only MQTT 3.1.1 refuses version 5 (CONNACK code 1), or closes the connection on it
+    // without a word (amqtt): either way, connect again with 3.1.1.
+    const retryWith311 = () => {
+      state.protocol = 4;
+      connect(settings);
+    };
+    const firstTryWith5 = () => client === state.client && state.protocol === 5 && !state.connectedOnce;
     let refused = false;
     client.on("close", () => {
-      // Some 3.1.1-only brokers (amqtt) close the connection on an MQTT 5 CONNECT instead of refusing it.
-      if (client === state.client && state.protocol === 5 && !state.connectedOnce && !refused) {
-        state.protocol = 4;
-        connect(settings);
-      }
+      if (firstTryWith5() && !refused) retryWith311();
     });
     client.on("reconnect", () => setBadge("connection", "bad", "broker: reconnecting"));
     client.on("offline", () => setBadge("connection", "bad", "broker: offline"));
     client.on("error", (err) => {
       refused = true;
-      // A broker that speaks only MQTT 3.1.1 refuses version 5 with CONNACK code 1: try again with 3.1.1.
-      if (state.protocol === 5 && !state.connectedOnce && (err.code === 1 || /protocol/i.test(err.message))) {
-        state.protocol = 4;
-        connect(settings);
+      if (firstTryWith5() && (err.code === 1 || /protocol/i.test(err.message))) {
+        retryWith311();
         return;
       }
       const hint = err.code === 4 || err.code === 5 || err.code === 134 || err.code === 135
