@@ -79,7 +79,7 @@ class Anonymizer:
             min_detection_confidence=manifest.landmarker.min_detection_confidence, model_folder=folder,
             detector=detector, min_mesh_size=manifest.detector.min_mesh_size, file=manifest.landmarker.file,
         )
-        self.synthesizer = _synthesizer(cfg, manifest, emotion_classifier, seed)
+        self.synthesizer, self.head_synthesizer = _synthesizers(cfg, manifest, emotion_classifier, seed)
         self.backend = self.synthesizer.backend
 
     def analyze(self, rgb: np.ndarray, timestamp_ms: int | None = None) -> list[Face]:
@@ -109,15 +109,35 @@ class Anonymizer:
                 log.warning("face could not be aligned (%s); masking it", exc)
                 jobs.append(_hull_job(face, exc))
         t1 = time.perf_counter()
-        wants_frame = self.router is not None or self.synthesizer.head
-        self.synthesizer.run([j for j in jobs if j.error is None], to_rgb8(rgb) if wants_frame else None)
+        wants_frame = self.router is not None or self.synthesizer.head or self.head_synthesizer is not None
+        rgb8 = to_rgb8(rgb) if wants_frame else None
+        heads = self._heads(jobs, rgb8)
+        self.synthesizer.run([j for j in jobs if j.error is None], rgb8)
         t2 = time.perf_counter()
         g = self.manifest.generator
-        frame = seal(rgb, analysis, jobs, g.feather, g.tone_match, g.surround)
+        frame = seal(rgb, analysis, jobs, g.feather, g.tone_match, g.surround, under=heads)
         t3 = time.perf_counter()
         routing = self.synthesizer.routing_ms
         return frame, jobs, {"align_ms": (t1 - t0) * 1e3, "routing_ms": routing,
                              "synthesis_ms": (t2 - t1) * 1e3 - routing, "compose_ms": (t3 - t2) * 1e3}
+
+    def _heads(self, jobs: list[FaceJob], rgb8: np.ndarray | None) -> list[FaceJob]:
+        """With ``face_over_head``: the synthetic heads the faces are then drawn over (those that
+        could be drawn: the face layer alone still replaces or covers every face)."""
+        if self.head_synthesizer is None:
+            return []
+        heads = []
+        for j in jobs:
+            if j.error is None:
+                try:
+                    heads.append(self.head_synthesizer.prepare(j.face))
+                except Exception as exc:
+                    log.debug("no synthetic head for a face (%s)", exc)
+        self.head_synthesizer.run(heads, rgb8)
+        return [h for h in heads if h.generated is not None and h.error is None]
+
+    def synthesizers(self) -> list[Synthesizer]:
+        return [self.synthesizer] + ([self.head_synthesizer] if self.head_synthesizer is not None else [])
 
     @property
     def router(self) -> EmotionRouter | None:
@@ -135,30 +155,37 @@ class Anonymizer:
         self.analyzer.close()
 
 
-def _synthesizer(cfg: Config, manifest: Manifest, classifier: EmotionClassifier | None,
-                 seed: int | None) -> Synthesizer:
+def _synthesizers(cfg: Config, manifest: Manifest, classifier: EmotionClassifier | None,
+                  seed: int | None) -> tuple[Synthesizer, Synthesizer | None]:
+    """(what draws each face, the head generator it is drawn over with ``face_over_head`` or None)."""
     inference, spec, folder = cfg.inference, manifest.generator, manifest.folder
-    routes = {} if spec.head else spec.by_emotion
+    heads_only = bool(spec.head) and not spec.face_over_head
+    routes = {} if heads_only else spec.by_emotion
     # Faces whose emotion cannot be read are drawn as neutral ones; the default generator is
     # loaded only if some emotion has no generator of its own (or routing is off).
-    default = spec.head or routes.get("neutral", spec.default)
+    default = spec.head if heads_only else routes.get("neutral", spec.default)
     generators = {n: create_backend(inference.backend, n, folder, inference.device, inference.threads)
                   for n in sorted(spec.names())}
     router = texture = None
-    if routes or (spec.texture_gain > 0 and not spec.head):
+    if routes or (spec.texture_gain > 0 and not heads_only):
         # The texture needs the emotion as much as the routes do: without routes the router only
         # reads it, and every face goes to the default generator.
         classifier = classifier or EmotionClassifier(inference, manifest.emotion.classifier, manifest.emotion.flip_tta)
         router = EmotionRouter(classifier, routes, default=spec.default)
-    if spec.texture_gain > 0 and not spec.head:
+    if spec.texture_gain > 0 and not heads_only:
         texture = ExpressionTexture(folder, spec.texture)
     shape = None
     if spec.identity_normalization > 0 and not cfg.experimental.own_landmarks:
         shape = ShapeNormalizer(spec.identity_normalization, folder, spec.expression_neighbours, spec.shape_model,
                                 ExpressionBank(folder, manifest.emotion.bank) if spec.expression_neighbours else None)
-    return Synthesizer(generators[default], shape=shape, regenerate_every=spec.regenerate_every,
-                       identity_variation=spec.identity_variation, seed=seed, generators=generators if routes else {},
-                       router=router, texture=texture, texture_strength=spec.texture_gain, head=bool(spec.head))
+    faces = Synthesizer(generators[default], shape=shape, regenerate_every=spec.regenerate_every,
+                        identity_variation=spec.identity_variation, seed=seed, generators={n: b for n, b in generators.items() if n != spec.head} if routes else {},
+                        router=router, texture=texture, texture_strength=spec.texture_gain, head=heads_only)
+    heads = None
+    if spec.head and spec.face_over_head:
+        heads = Synthesizer(generators[spec.head], shape=shape, regenerate_every=spec.regenerate_every,
+                            identity_variation=spec.identity_variation, seed=seed, head=True)
+    return faces, heads
 
 
 def _hull_job(face: Face, exc: Exception) -> FaceJob:

@@ -91,3 +91,49 @@ def test_the_head_region_is_replaced_and_the_scene_kept(astronaut, head_models):
     far = np.ones_like(changed)
     far[max(y0 - 150, 0):y1 + 80, max(x0 - 120, 0):x1 + 120] = False
     assert not changed[far].any()
+
+
+def test_faces_drawn_over_the_synthetic_head(astronaut, head_models):
+    """face_over_head: the head generator redraws hair and outline, then the face generators (with
+    their emotion routing and texture) draw the face oval over it."""
+    from agent.synthesis.align import CROP_SIZE
+
+    rgb, face = astronaut
+    cfg = config(inference={"models_dir": str(head_models)})
+    runs = {}
+    for name, generator in (("heads", {"head": "head-test"}), ("layered", {"head": "head-test", "face_over_head": True})):
+        a = Anonymizer(cfg, manifest=load_manifest(head_models).override(generator=generator))
+        try:
+            for synthesizer in a.synthesizers():
+                synthesizer.warm_up()  # what a stream's start does, with each generator's own input
+            runs[name] = (a.process(rgb), len(a.synthesizers()))
+        finally:
+            a.close()
+    (heads, n_heads), (layered, n_layered) = runs["heads"], runs["layered"]
+    assert (n_heads, n_layered) == (1, 2)
+    assert layered.frame.faces_replaced == 1 and layered.frame.faces_masked == 0 and not layered.frame.covered
+    (job,) = layered.jobs
+    assert job.size == CROP_SIZE and job.region is None and job.generator is not None, "the face layer is routed"
+    (head_job,) = heads.jobs
+    head = cv2_inverse_mask(head_job.matrix, head_job.region, rgb.shape)
+    oval = cv2_inverse_mask(job.matrix, _oval_mask(job), rgb.shape)
+    out, head_only = layered.frame.pixels.astype(int), heads.frame.pixels.astype(int)
+    hair = head & ~cv2_inverse_mask(job.matrix, _oval_mask(job, grow=24), rgb.shape)
+    assert hair.sum() > 500
+    # Beyond the face layer's feathered edge, the layered frame is the head generator's head, pixel for pixel.
+    assert np.abs(out - head_only).max(axis=2)[hair].mean() < 1
+    assert (np.abs(out - rgb).max(axis=2)[hair] > 0).mean() > 0.95
+    # Inside the oval the face generator drew, not the head generator.
+    assert np.abs(out - head_only).max(axis=2)[oval].mean() > 20
+
+
+def _oval_mask(job, grow: int = 0):
+    import cv2
+
+    from agent.synthesis.topology import FACE_OVAL_POLYGON
+
+    mask = np.zeros((job.size, job.size), np.uint8)
+    cv2.fillPoly(mask, [np.round(job.crop_landmarks[FACE_OVAL_POLYGON]).astype(np.int32)], 1)
+    if grow:
+        mask = cv2.dilate(mask, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
+    return mask.astype(np.float32)

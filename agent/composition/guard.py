@@ -66,15 +66,22 @@ def _make(pixels: np.ndarray, replaced: int, masked: int, covered: tuple = ()) -
 
 
 def seal(frame: np.ndarray, analysis: Analysis, jobs: list, feather: float = 0.06, tone_match: str = "luminance",
-         surround: float = 0.0) -> AnonymizedFrame:
+         surround: float = 0.0, under: list = ()) -> AnonymizedFrame:
     """Paste ``jobs``' synthetic faces into a copy of ``frame``, cover every detected face they (or the
-    grey fill of a face whose synthesis failed) do not cover, and return the result as the one publishable type."""
+    grey fill of a face whose synthesis failed) do not cover, and return the result as the one publishable type.
+
+    ``under``: synthetic heads (generated head jobs of the same faces) pasted first, for the faces
+    to be drawn over; what counts as covered is still the face layer alone."""
     if tuple(analysis.shape[:2]) != tuple(frame.shape[:2]):
         raise GuardError(f"analysis of a {analysis.shape[1]}x{analysis.shape[0]} frame handed in for a "
                          f"{frame.shape[1]}x{frame.shape[0]} one")
     if len(jobs) != len(analysis.faces) or any(j.face is not f for j, f in zip(jobs, analysis.faces)):
         raise GuardError("synthesis jobs do not match the analysed faces one to one")
-    out, regions, replaced, masked = compose(frame, jobs, feather, tone_match, surround)
+    found = {id(f) for f in analysis.faces}
+    if any(id(j.face) not in found or j.generated is None for j in under):
+        raise GuardError("synthetic heads handed in for faces the analysis did not find, or not drawn")
+    base = compose(frame, list(under), feather, tone_match)[0] if under else frame
+    out, regions, replaced, masked = compose(base, jobs, feather, tone_match, surround)
     handled = _oval_coverage(frame.shape, regions)
     covered = tuple(det for det in analysis.detections if not _is_covered(handled, det))
     for det in covered:

@@ -51,8 +51,10 @@ class LandmarkerSpec(_Part):
 class GeneratorSpec(_Part):
     default: str = Field("generator.int8", description="the generator for emotions by_emotion does not name")
     head: str | None = Field(None, description="a head generator (agent/synthesis/head.py) that redraws the whole "
-                             "head from the conditioning and its surroundings; set, it draws every face and "
-                             "by_emotion and the texture are not used")
+                             "head from the conditioning and its surroundings; set, it draws every face and, "
+                             "unless face_over_head, by_emotion and the texture are not used")
+    face_over_head: bool = Field(False, description="with a head generator: the face generators (by_emotion, "
+                                 "texture) then draw the face oval over the synthetic head")
     by_emotion: dict[Emotion, str] = Field(default_factory=dict, description="emotion -> generator; {}: default for all")
     shape_model: str = "shape_model.npz"
     identity_normalization: float = Field(1.0, ge=0, le=1, description="1: an average face shape with the person's "
@@ -72,9 +74,10 @@ class GeneratorSpec(_Part):
 
     def names(self) -> set[str]:
         """Every generator this spec may call."""
-        if self.head:
+        if self.head and not self.face_over_head:
             return {self.head}
-        return set(self.by_emotion.values()) | ({self.default} if set(EMOTIONS) - set(self.by_emotion) else set())
+        faces = set(self.by_emotion.values()) | ({self.default} if set(EMOTIONS) - set(self.by_emotion) else set())
+        return faces | ({self.head} if self.head else set())
 
 
 class EmotionSpec(_Part):

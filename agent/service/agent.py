@@ -182,10 +182,8 @@ class Agent:
         w = self.cfg.capture.width or 640
         h = self.cfg.capture.height or 480
         self.anonymizer.analyze(np.full((h, w, 3), 128, np.uint8), 0)
-        size = self.anonymizer.synthesizer.size
-        for backend in self.anonymizer.synthesizer.backends():
-            for batch in (1, 2):
-                backend.infer(np.zeros((batch, 3, size, size), np.float32))
+        for synthesizer in self.anonymizer.synthesizers():
+            synthesizer.warm_up()
         classifiers = [c.classifier for c in (self.anonymizer.router, self.expression) if c and c.classifier]
         for clf in {id(c): c for c in classifiers}.values():  # once each: the two stages may share one
             clf.probabilities(np.zeros((2, 48, 48), np.uint8))

@@ -159,6 +159,13 @@ class Synthesizer:
         """Every generator this synthesizer may call (the default one first)."""
         return [self.backend] + [b for b in self.generators.values() if b is not self.backend]
 
+    def warm_up(self):
+        """One inference per generator and batch size of a stream's first frames (graph init, JIT)."""
+        channels = 7 if self.head else 3  # a head generator also sees the surroundings and the region
+        for backend in self.backends():
+            for batch in (1, 2):
+                backend.infer(np.zeros((batch, channels, self.size, self.size), np.float32))
+
     def _generate(self, jobs: list[FaceJob], rgb8: np.ndarray | None = None):
         groups: dict[str | None, list[FaceJob]] = {}
         for j in jobs:
