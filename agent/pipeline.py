@@ -178,8 +178,9 @@ def _synthesizers(cfg: Config, manifest: Manifest, classifier: EmotionClassifier
     if spec.identity_normalization > 0 and not cfg.experimental.own_landmarks:
         shape = ShapeNormalizer(spec.identity_normalization, folder, spec.expression_neighbours, spec.shape_model,
                                 ExpressionBank(folder, manifest.emotion.bank) if spec.expression_neighbours else None)
+    face_generators = {n: b for n, b in generators.items() if n != spec.head} if routes else {}
     faces = Synthesizer(generators[default], shape=shape, regenerate_every=spec.regenerate_every,
-                        identity_variation=spec.identity_variation, seed=seed, generators={n: b for n, b in generators.items() if n != spec.head} if routes else {},
+                        identity_variation=spec.identity_variation, seed=seed, generators=face_generators,
                         router=router, texture=texture, texture_strength=spec.texture_gain, head=heads_only)
     heads = None
     if spec.head and spec.face_over_head:

@@ -101,7 +101,8 @@ def test_faces_drawn_over_the_synthetic_head(astronaut, head_models):
     rgb, face = astronaut
     cfg = config(inference={"models_dir": str(head_models)})
     runs = {}
-    for name, generator in (("heads", {"head": "head-test"}), ("layered", {"head": "head-test", "face_over_head": True})):
+    variants = {"heads": {"head": "head-test"}, "layered": {"head": "head-test", "face_over_head": True}}
+    for name, generator in variants.items():
         a = Anonymizer(cfg, manifest=load_manifest(head_models).override(generator=generator))
         try:
             for synthesizer in a.synthesizers():
