@@ -205,3 +205,26 @@ def test_streams_route_only_the_faces_generated_now(astronaut_face):
     # flip TTA doubles each classifier batch: 4 faces, then the 2 due on each later frame.
     assert counted.batches == [8, 4, 4]
     assert sum(sum(b.batches) for b in backends.values()) == 8
+
+
+def test_detector_thresholds_go_by_box_size():
+    """decode: one heatmap cell per box size, each scored 0.07; which become boxes follows the size tiers
+    (tiny < small < the default < large), the tiny tier off until the manifest sets its size."""
+    from agent.detection.centerface import Thresholds, decode
+
+    sides = (10, 17, 40, 100)
+    heatmap = np.zeros((40, 40), np.float32)
+    scale, offset = np.zeros((2, 40, 40), np.float32), np.zeros((2, 40, 40), np.float32)
+    marks = np.zeros((10, 40, 40), np.float32)
+    cells = [(5 + 9 * k, 20) for k in range(len(sides))]
+    for (y, x), side in zip(cells, sides):
+        heatmap[y, x] = 0.07
+        scale[:, y, x] = np.log(side / 4)
+
+    def kept(t: Thresholds) -> list[int]:
+        boxes, scores, _ = decode(heatmap, scale, offset, marks, (160, 160), t)
+        return sorted(round(float(b[3] - b[1])) for b in boxes)
+
+    assert kept(Thresholds(threshold=0.1, small=0.06, small_size=20)) == [10, 17]
+    assert kept(Thresholds(threshold=0.1, small=0.06, small_size=20, tiny=0.08, tiny_size=15)) == [17]
+    assert kept(Thresholds(threshold=0.05, small=0.08, small_size=20, large=0.08, large_size=64)) == [40]

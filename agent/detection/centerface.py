@@ -28,13 +28,17 @@ CELL = 4  # heatmap cell in input pixels
 class Thresholds:
     """Score from which a box is a face, by its size. A false positive costs a covered patch of
     background, a miss a face on the wire: small boxes are cheap to cover wrongly and hard to find,
-    so they get a lower threshold; large boxes, costly to cover wrongly and clear when real, a higher one."""
+    so they get a lower threshold; large boxes, costly to cover wrongly and clear when real, a higher one.
+    The tiniest (under ``tiny_size``) may take one of their own: most false boxes are that small, and a
+    face that small identifies its owner least."""
 
     threshold: float = 0.1
     small: float = 0.06
     small_size: float = 20
     large: float = 0.2
     large_size: float = 64
+    tiny: float = 0.06
+    tiny_size: float = 0
 
 
 class CenterFace:
@@ -151,7 +155,7 @@ def open_session(path, backend: str, device: str = "CPU", threads: int = 0, stre
 def decode(heatmap, scale, offset, marks, size, t: Thresholds):
     """Heatmap peaks -> (boxes (N, 4), scores (N,), landmarks (N, 5, 2)) within the unpadded ``size``."""
     w, h = size
-    ys, xs = np.nonzero(heatmap >= min(t.threshold, t.small))
+    ys, xs = np.nonzero(heatmap >= min(t.threshold, t.small, t.tiny))
     scores = heatmap[ys, xs]
     bh = np.exp(scale[0, ys, xs]) * CELL
     bw = np.exp(scale[1, ys, xs]) * CELL
@@ -160,7 +164,8 @@ def decode(heatmap, scale, offset, marks, size, t: Thresholds):
     x0, y0 = np.clip(cx - bw / 2, 0, w), np.clip(cy - bh / 2, 0, h)
     x1, y1 = np.clip(cx + bw / 2, 0, w), np.clip(cy + bh / 2, 0, h)
     side = np.maximum(bw, bh)
-    needed = np.where(side < t.small_size, t.small, np.where(side < t.large_size, t.threshold, max(t.threshold, t.large)))
+    needed = np.where(side < t.small_size, np.where(side < t.tiny_size, t.tiny, t.small),
+                      np.where(side < t.large_size, t.threshold, max(t.threshold, t.large)))
     keep = (scores >= needed) & (x1 > x0) & (y1 > y0)
     boxes = np.stack([x0, y0, x1, y1], 1)[keep]
     # Landmarks are stored as offsets in units of the box size from its top-left corner, y first.

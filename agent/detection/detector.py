@@ -141,7 +141,8 @@ class FaceDetector:
     def _infer(self, rgb: np.ndarray, flip: bool):
         spec = self.spec
         return self.model.detect(rgb, flip, Thresholds(spec.threshold, spec.small_threshold, spec.small_size,
-                                                       spec.large_threshold, spec.large_size))
+                                                       spec.large_threshold, spec.large_size, spec.tiny_threshold,
+                                                       spec.tiny_size))
 
 
 def _detections(boxes, scores, marks, angle: int) -> list[Detection]:

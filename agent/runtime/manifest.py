@@ -36,6 +36,9 @@ class DetectorSpec(_Part):
     threshold: float = Field(0.1, gt=0, lt=1, description="score from which a box is a face")
     small_threshold: float = Field(0.06, gt=0, lt=1, description="the same for boxes under small_size px")
     small_size: float = Field(20, ge=0)
+    tiny_threshold: float = Field(0.06, gt=0, lt=1, description="the same for boxes under tiny_size px (below "
+                                  "small_size): where most false boxes are, and the faces least identifiable")
+    tiny_size: float = Field(0, ge=0)
     large_threshold: float = Field(0.2, gt=0, lt=1, description="the same for boxes of large_size px and more")
     large_size: float = Field(64, ge=0)
     rotated_threshold: float = Field(0.5, gt=0, lt=1, description="faces found in the turned passes")
