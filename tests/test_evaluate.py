@@ -293,6 +293,15 @@ def test_expression_judge_runs_on_a_face(astronaut):
     assert judge.label(face) == judge.label(cv2.cvtColor(cv2.cvtColor(face, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB))
 
 
+def test_seam_figures_give_the_median_beside_the_mean():
+    from tools.evaluation.look import look_figures
+
+    figures = look_figures([], [], [1.0, 0.9, None, 1.1, 120.0], [0.8, 0.8, 0.9, 0.9, None], np.zeros((0, 128)),
+                           np.zeros((0, 128)))
+    assert figures["seam_ratio"] == pytest.approx(30.75) and figures["seam_ratio_median"] == pytest.approx(1.05)
+    assert figures["seam_ratio_original_median"] == pytest.approx(0.85)
+
+
 def test_look_measures_see_seams_tone_and_distribution_shifts():
     from tools.evaluation.look import frechet_distance, seam_ratio, tone_difference
 

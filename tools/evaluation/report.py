@@ -114,7 +114,7 @@ def _look_rows(look: dict) -> list[str]:
     num = lambda k: f"{_num(look.get(k)):.2f}"  # noqa: E731
     return [
         f"| tone: ΔE (CIELAB) face middle vs visible neck, anonymized / original ({look.get('tone_photos')} photos) | {num('tone_delta_e')} / {num('tone_delta_e_original')} | |",
-        f"| seam: gradient energy on the replaced region's edge over inside it, anonymized / original | {num('seam_ratio')} / {num('seam_ratio_original')} | |",
+        f"| seam: gradient energy on the replaced region's edge over inside it, anonymized / original: mean (median) | {num('seam_ratio')} ({num('seam_ratio_median')}) / {num('seam_ratio_original')} ({num('seam_ratio_original_median')}) | |",
         f"| realism: Fréchet distance of dlib descriptors, anonymized vs real faces / two halves of the real faces | {num('frechet_dlib')} / {num('frechet_dlib_real_halves')} | |",
     ]
 
