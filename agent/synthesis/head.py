@@ -17,6 +17,7 @@ from agent.synthesis.render import to_network_input
 from agent.synthesis.topology import FACE_OVAL_POLYGON
 
 HEAD_SIZE = 192
+INPUT_CHANNELS = 7  # what generator_input gives a head generator: conditioning, surroundings, head region
 # The head crop's half-side in eye-to-eye distances, and how far its centre sits above the eye-mouth
 # midpoint in eye-to-mouth distances: chin to the top of the hair, ear to ear, and a margin around.
 HEAD_HALF = 2.45
@@ -89,7 +90,7 @@ def head_geometry(landmarks: np.ndarray, size: int = HEAD_SIZE) -> tuple[np.ndar
 
 
 def generator_input(rgb8: np.ndarray, matrix: np.ndarray, region: np.ndarray, conditioning: np.ndarray) -> np.ndarray:
-    """(7, S, S) float32: the head generator's input for one face (as tools.train_head builds it):
+    """(INPUT_CHANNELS, S, S) float32: the head generator's input for one face (as tools.train_head builds it):
     the conditioning, the head crop of the frame with the head (and what lies outside the frame)
     at 0, and the head region in [-1, 1]. No pixel of the head itself goes in."""
     size = region.shape[0]

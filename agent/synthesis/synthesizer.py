@@ -12,7 +12,7 @@ import numpy as np
 
 from agent.runtime.backends import InferenceBackend
 from agent.synthesis.align import CROP_SIZE, alignment_matrix, transform_points
-from agent.synthesis.head import HEAD_SIZE, face_to_head, generator_input, head_geometry
+from agent.synthesis.head import HEAD_SIZE, INPUT_CHANNELS, face_to_head, generator_input, head_geometry
 from agent.synthesis.render import (
     from_network_output,
     render_conditioning,
@@ -161,7 +161,7 @@ class Synthesizer:
 
     def warm_up(self):
         """One inference per generator and batch size of a stream's first frames (graph init, JIT)."""
-        channels = 7 if self.head else 3  # a head generator also sees the surroundings and the region
+        channels = INPUT_CHANNELS if self.head else 3  # a face generator sees the conditioning alone
         for backend in self.backends():
             for batch in (1, 2):
                 backend.infer(np.zeros((batch, channels, self.size, self.size), np.float32))

@@ -70,15 +70,16 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 def look_figures(tone_anon: list, tone_orig: list, seam_anon: list, seam_orig: list, anon_desc: np.ndarray,
                  real_desc: np.ndarray, seed: int = 0) -> dict:
     """The look figures of a run, from its per-photo measurements and descriptors."""
-    def mean(v, stat=np.mean):
+    def over_photos(v, stat=np.mean):
         v = [x for x in v if x is not None]
         return float(stat(v)) if v else float("nan")
 
     # The seam ratio's median beside its mean: the ratio is unbounded where a region is nearly flat
     # inside, so a few photos can carry the mean.
-    out = {"tone_delta_e": mean(tone_anon), "tone_delta_e_original": mean(tone_orig),
-           "seam_ratio": mean(seam_anon), "seam_ratio_original": mean(seam_orig),
-           "seam_ratio_median": mean(seam_anon, np.median), "seam_ratio_original_median": mean(seam_orig, np.median),
+    out = {"tone_delta_e": over_photos(tone_anon), "tone_delta_e_original": over_photos(tone_orig),
+           "seam_ratio": over_photos(seam_anon), "seam_ratio_original": over_photos(seam_orig),
+           "seam_ratio_median": over_photos(seam_anon, np.median),
+           "seam_ratio_original_median": over_photos(seam_orig, np.median),
            "tone_photos": sum(x is not None for x in tone_anon)}
     if len(anon_desc) > 20 and len(real_desc) > 40:
         halves = np.random.default_rng(seed).permutation(len(real_desc))
