@@ -77,3 +77,15 @@ def test_deface_is_measured_on_the_same_frames_where_installed(report):
 def test_bad_arguments_are_refused():
     proc = subprocess.run(agent_command("bench", "--frames", "0"), env=agent_env(), capture_output=True, text=True)
     assert proc.returncode == 2 and "--frames must be at least 1" in proc.stderr
+
+
+def test_malloc_arenas_are_capped_unless_the_environment_says_otherwise(monkeypatch):
+    import platform
+
+    from agent.runtime.memory import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert limit_malloc_arenas() is True

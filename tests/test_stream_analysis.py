@@ -83,7 +83,9 @@ def test_a_face_on_its_side_is_meshed_on_a_turned_crop():
     frame[100:612, 60:572] = astronaut
     frame[100:612, 700:1212] = cv2.rotate(astronaut, cv2.ROTATE_90_CLOCKWISE)
     with FaceAnalyzer(mode="video", detector=FaceDetector()) as fa:
+        assert fa._roi_landmarker is None  # streams make the IMAGE-mode crop landmarker when first needed
         found = fa.detect_all(frame, 100)
+        assert fa._roi_landmarker is not None  # a turned crop is meshed in IMAGE mode
     assert len(found.faces) == 2
     upright, turned = sorted(found.faces, key=lambda f: f.box[0])
     # The astronaut's face turned clockwise about the image centre lands where its landmarks say.

@@ -40,6 +40,7 @@ from agent.commands.bench_scenes import SCENE_BY_NAME, SCENES, Scene, write_scen
 from agent.config import load_config
 from agent.errors import AnoncamError
 from agent.runtime.manifest import load_manifest
+from agent.runtime.memory import limit_malloc_arenas
 from agent.service.agent import stream_threads
 
 log = logging.getLogger(__name__)
@@ -201,4 +202,5 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":
+    limit_malloc_arenas()  # as the anoncam command does: the child is the agent as it runs
     sys.exit(child_main(sys.argv[1]))

@@ -13,6 +13,7 @@ import sys
 from agent import __version__
 from agent.commands.native_log import QuietNativeLogs
 from agent.errors import AnoncamError
+from agent.runtime.memory import limit_malloc_arenas
 
 # Modules providing subcommands, in the order `anoncam --help` lists them.
 COMMAND_MODULES = ("agent.commands.anonymize", "agent.commands.analyze", "agent.commands.run", "agent.commands.view",
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    limit_malloc_arenas()
     # MediaPipe and TFLite log through glog to stderr; keep the user's terminal readable.
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

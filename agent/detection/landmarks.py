@@ -68,8 +68,9 @@ class FaceAnalyzer:
             self._landmarker = make(running_mode, max_faces)
             self._read = reader(self._landmarker)
         self._roi_landmarker = self._roi_read = None
-        if detector is not None:
-            self._roi_landmarker = make(vision.RunningMode.IMAGE, 1)
+        self._make_roi_landmarker = lambda: make(vision.RunningMode.IMAGE, 1)
+        if detector is not None and mode == "image":
+            self._roi_landmarker = self._make_roi_landmarker()
             self._roi_read = reader(self._roi_landmarker)
         self._last_ts = -1
         self._pool = None
@@ -146,6 +147,14 @@ class FaceAnalyzer:
                 faces.append(meshed)
         return faces
 
+    def _image_roi_read(self):
+        """The IMAGE-mode crop landmarker. Streams make it only on a frame with more unmeshed boxes
+        than ROI slots (rare: ~30 MB of RSS the rest of the time); stills always need it."""
+        if self._roi_read is None:
+            self._roi_landmarker = self._make_roi_landmarker()
+            self._roi_read = reader(self._roi_landmarker)
+        return self._roi_read
+
     def _roi_slot(self, box) -> _RoiSlot | None:
         """The slot that had this face on the last frame; else one idle since before it; else a new
         one (up to ROI_SLOTS). None: use the IMAGE-mode landmarker."""
@@ -185,7 +194,7 @@ class FaceAnalyzer:
                               borderMode=cv2.BORDER_CONSTANT)
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=crop)
         slot = self._roi_slot(box) if ts is not None and upright else None
-        found = _faces_from_raw(slot.read(image, ts) if slot else self._roi_read(image), ROI_SIZE, ROI_SIZE)
+        found = _faces_from_raw(slot.read(image, ts) if slot else self._image_roi_read()(image), ROI_SIZE, ROI_SIZE)
         if not found:
             return None
         face = found[0]
