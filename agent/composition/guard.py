@@ -65,7 +65,7 @@ def _make(pixels: np.ndarray, replaced: int, masked: int, covered: tuple = ()) -
     return frame
 
 
-def seal(frame: np.ndarray, analysis: Analysis, jobs: list, feather: float = 0.06, tone_match: str = "luminance",
+def seal(frame: np.ndarray, analysis: Analysis, jobs: list, feather: float = 0.06, tone_match: str = "skin",
          surround: float = 0.0, under: list = ()) -> AnonymizedFrame:
     """Paste ``jobs``' synthetic faces into a copy of ``frame``, cover every detected face they (or the
     grey fill of a face whose synthesis failed) do not cover, and return the result as the one publishable type.

@@ -70,7 +70,9 @@ class GeneratorSpec(_Part):
     texture_gain: float = Field(1.0, ge=0, le=3, description="times the fitted shading of the drawn emotion; 0: off")
     regenerate_every: int = Field(3, ge=1, le=10, description="streams: a tracked face is generated anew at least "
                                   "every N frames and re-fitted to its landmarks in between")
-    tone_match: Literal["none", "luminance"] = "luminance"
+    tone_match: Literal["none", "luminance", "skin"] = Field(
+        "skin", description="skin: the synthetic face takes the tone and light of the skin it replaces; "
+        "luminance: only its brightness; none: as drawn")
     feather: float = Field(0.06, ge=0, le=0.3, description="mask edge softness, a fraction of the face size")
     surround: float = Field(0.0, ge=0, le=1.5, description="also blur hair and head outline out to the face oval "
                             "grown by this fraction; 0: off")
