@@ -277,8 +277,8 @@ def test_surround_blurs_the_head_around_the_face(astronaut):
     detail = lambda img: np.abs(cv2.Laplacian(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.CV_32F))[band].mean()  # noqa: E731
     assert detail(out) < 0.3 * detail(np.asarray(r.frame.pixels)), "hair and outline around the face must be blurred"
     inside = oval_mask(astronaut.shape, face)
-    # Only the brightness match moves a little: it reads the (now blurred) edge of the region.
-    assert np.abs(out[inside].astype(int) - np.asarray(r.frame.pixels)[inside]).mean() < 3.0, "the synthetic face is kept"
+    # The tone match reads the frame as it came, so the blur around the face does not move it.
+    assert np.abs(out[inside].astype(int) - np.asarray(r.frame.pixels)[inside]).mean() < 1.0, "the synthetic face is kept"
     assert_replaced(astronaut, out, r.faces)  # and nothing far from the face changes
 
 

@@ -7,10 +7,10 @@ Lighting and skin tone (``tone_match``):
 
 - ``"skin"`` (the shipped setting): the synthetic face takes the tone and light of the skin it
   replaces. Its median CIELAB colour over the face's middle is moved onto the original's there
-  (lightness by a gain, the two chroma axes by a shift and a scale of their spread), so it reads as the same skin as the neck, ears and hands that stay
-  visible, and a greyscale photo keeps a grey face. Five numbers pass from the person (lightness,
-  chroma and its spread), and the visible neck shows them anyway; the features, shape and texture
-  stay the generator's.
+  (lightness by a gain, the two chroma axes by a shift and a scale of their spread), so it reads
+  as the same skin as the neck, ears and hands that stay visible, and a greyscale photo keeps a
+  grey face. Five numbers pass from the person (lightness, chroma and its spread), and the visible
+  neck shows them anyway; the features, shape and texture stay the generator's.
 - ``"luminance"``: only the brightness is scaled to the original face's, the colour is the generator's.
 - ``"none"``: the generator's face as drawn.
 
@@ -135,6 +135,9 @@ def compose(frame: np.ndarray, jobs: list[FaceJob], feather: float = 0.06, tone_
             continue
         bh, bw = region.alpha.shape
         view = out[region.y0:region.y0 + bh, region.x0:region.x0 + bw]
+        # Tone is read from the frame as it came, not from ``out``: a blurred surround or a nearer
+        # face already drawn there is not the person's skin.
+        skin = frame[region.y0:region.y0 + bh, region.x0:region.x0 + bw]
         if job.generated is None:
             # Masking: a hard-edged flat fill, no feathering that could let face pixels through.
             view[region.alpha > 0.01] = MASK_GREY * scale
@@ -143,35 +146,36 @@ def compose(frame: np.ndarray, jobs: list[FaceJob], feather: float = 0.06, tone_
         gen = cv2.warpAffine(job.generated, region.matrix, (bw, bh), flags=cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_REPLICATE)
         if frame.dtype == np.uint8:
-            view[:] = _blend_8bit(view, gen, region.alpha, tone_match)
+            view[:] = _blend_8bit(view, gen, region.alpha, tone_match, skin)
         else:
-            view[:] = _blend_float(view, gen, region.alpha, tone_match, peak)
+            view[:] = _blend_float(view, gen, region.alpha, tone_match, peak, skin)
         replaced += 1
     return out, regions, replaced, masked
 
 
-def _blend_8bit(box: np.ndarray, gen: np.ndarray, alpha: np.ndarray, tone_match: str) -> np.ndarray:
+def _blend_8bit(box: np.ndarray, gen: np.ndarray, alpha: np.ndarray, tone_match: str, skin: np.ndarray) -> np.ndarray:
     """Camera frames: the same blend as :func:`_blend_float` in OpenCV's 8-bit kernels, about half
     the time (it runs for every face of every frame). Where alpha is 1 -- the whole oval -- the
     result is the generated pixel alone, as in the float path."""
     if tone_match == "skin":
-        gen = _match_skin(box, gen, alpha)
+        gen = _match_skin(skin, gen, alpha)
     elif tone_match == "luminance":
-        gain = _tone_gain(cv2.cvtColor(box, cv2.COLOR_RGB2GRAY), cv2.cvtColor(gen, cv2.COLOR_RGB2GRAY), alpha)
+        gain = _tone_gain(cv2.cvtColor(skin, cv2.COLOR_RGB2GRAY), cv2.cvtColor(gen, cv2.COLOR_RGB2GRAY), alpha)
         if gain != 1.0:
             gen = cv2.convertScaleAbs(gen, alpha=gain)
     return cv2.blendLinear(gen, np.ascontiguousarray(box), alpha, 1.0 - alpha)
 
 
-def _blend_float(box: np.ndarray, gen: np.ndarray, alpha: np.ndarray, tone_match: str, peak: float) -> np.ndarray:
+def _blend_float(box: np.ndarray, gen: np.ndarray, alpha: np.ndarray, tone_match: str, peak: float,
+                 skin: np.ndarray) -> np.ndarray:
     """Any bit depth (16-bit stills): ``gen`` is 8-bit and scaled up to the frame's range."""
     dtype = box.dtype
     box = box.astype(np.float32)
     if tone_match == "skin":
-        gen = _match_skin((box * (255.0 / peak)).clip(0, 255).astype(np.uint8), gen, alpha)
+        gen = _match_skin((skin.astype(np.float32) * (255.0 / peak)).clip(0, 255).astype(np.uint8), gen, alpha)
     gen = gen.astype(np.float32) * (peak / 255.0)
     if tone_match == "luminance":
-        gen *= _tone_gain(_luminance(box), _luminance(gen), alpha)
+        gen *= _tone_gain(_luminance(skin.astype(np.float32)), _luminance(gen), alpha)
     a = alpha[..., None]
     return np.clip(box * (1 - a) + gen * a + 0.5, 0, peak).astype(dtype)
 
