@@ -30,6 +30,7 @@ from agent.synthesis.topology import FACE_OVAL_POLYGON
 from agent.types import FaceJob
 
 MASK_GREY = 128
+GAIN_LIMITS = (0.5, 2.0)  # how far the synthetic face's lightness may be scaled towards the original's
 
 
 @dataclass
@@ -187,7 +188,7 @@ def _tone_gain(src_lum: np.ndarray, gen_lum: np.ndarray, alpha: np.ndarray) -> f
         return 1.0
     src = float((src_lum * alpha).sum()) / weight
     dst = float((gen_lum * alpha).sum()) / weight
-    return float(np.clip(src / dst, 0.5, 2.0)) if dst > 1e-3 else 1.0
+    return float(np.clip(src / dst, *GAIN_LIMITS)) if dst > 1e-3 else 1.0
 
 
 SKIN_CORE = 0.99  # blend weight from which a pixel is the face itself, not its feathered edge
@@ -208,7 +209,7 @@ def _match_skin(box: np.ndarray, gen: np.ndarray, alpha: np.ndarray) -> np.ndarr
     dst = lab[::SKIN_STRIDE, ::SKIN_STRIDE][core]
     src_med = np.median(src, axis=0)
     dst_med = np.median(dst, axis=0)
-    gain = float(np.clip(src_med[0] / dst_med[0], 0.5, 2.0)) if dst_med[0] > 1 else 1.0
+    gain = float(np.clip(src_med[0] / dst_med[0], *GAIN_LIMITS)) if dst_med[0] > 1 else 1.0
     # The chroma's spread about its median follows too (at most 1.5x): a grey photo's face has none
     # to give, so the lips and cheeks of the synthetic face go grey with it.
     src_spread = np.median(np.abs(src[:, 1:] - src_med[1:]), axis=0)
