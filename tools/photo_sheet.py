@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from agent.types import iou
 from tools.evaluation.identity import DlibRecognizer
 from tools.evaluation.look import tone_difference
 from tools.model_files import ROOT
@@ -44,21 +45,13 @@ def measure(judge: DlibRecognizer, original: np.ndarray, anonymized: np.ndarray)
     found = judge.detect(anonymized)
     # The anonymized face where dlib finds one, else at the original's box (what a recognizer
     # pointed at the known place would read).
-    near = [b for b in found if _iou(b, box) >= 0.3]
-    at = max(near, key=lambda b: _iou(b, box)) if near else box
+    near = [b for b in found if iou(b, box) >= 0.3]
+    at = max(near, key=lambda b: iou(b, box)) if near else box
     distance = float(np.linalg.norm(judge.describe(original, box) - judge.describe(anonymized, at)))
     return {"dlib_face_in_original": True, "dlib_face_in_output": bool(near), "dlib_distance": distance,
             "same_person_to_dlib": distance <= 0.6,
             "tone_delta_e_original": tone_difference(original, box, None),
             "tone_delta_e_anonymized": tone_difference(anonymized, box, None)}
-
-
-def _iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def panel(original: np.ndarray, anonymized: np.ndarray, label: str, m: dict) -> np.ndarray:
