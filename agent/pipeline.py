@@ -56,12 +56,14 @@ class Anonymizer:
 
     def __init__(self, cfg: Config | None = None, mode: str = "image",
                  emotion_classifier: EmotionClassifier | None = None, manifest: Manifest | None = None,
-                 seed: int | None = None):
+                 seed: int | None = None, detector_threads: int | None = None):
         """``emotion_classifier``: the metadata stage's classifier, shared by the generator router
         (then each face is classified once per frame); by default the router loads its own.
         ``manifest``: the models and their settings (default: the models folder's own); every model
         is loaded from its folder. ``seed``: for the random face shapes of identity_variation
-        (evaluations repeat; unset: different on every start)."""
+        (evaluations repeat; unset: different on every start). ``detector_threads``: the face
+        detector's thread count when it should differ from ``inference.threads`` (streams give it
+        every core: see :func:`agent.service.agent.stream_detector_threads`)."""
         cfg = cfg or Config()
         self.manifest = manifest = manifest or load_manifest(cfg.inference.models_dir)
         folder = manifest.folder
@@ -70,7 +72,9 @@ class Anonymizer:
         # Streams skip the mirrored pass and turn the frame every third one only: there a face found
         # stays covered for hold_ms after it is lost, and the time goes to the frame rate.
         stills = mode == "image"
-        detector = FaceDetector(inference, manifest.detector,
+        detector_inference = inference if detector_threads is None else inference.model_copy(
+            update={"threads": detector_threads})
+        detector = FaceDetector(detector_inference, manifest.detector,
                                 rotations=(90, 180, 270) if cfg.anonymizer.detect_rotated else (),
                                 flip=stills, turn_every=1 if stills else STREAM_TURN_EVERY,
                                 scale=cfg.anonymizer.detection_scale)

@@ -41,7 +41,7 @@ from agent.config import load_config
 from agent.errors import AnoncamError
 from agent.runtime.manifest import load_manifest
 from agent.runtime.memory import limit_malloc_arenas
-from agent.service.agent import stream_threads
+from agent.service.agent import stream_detector_threads, stream_threads
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,9 @@ def _bench_one(spec: dict) -> dict:
     frames = Path(spec["frames"])
     cfg = bench_config(load_config(spec["config"]), spec["backend"], spec["threads"], scene, frames)
     agent = run_agent(cfg, frames, spec["warmup"])
-    return {"agent": agent, "peak_rss_mb": peak_rss_mb(), "threads": stream_threads(cfg.inference).threads}
+    threads = stream_threads(cfg.inference).threads
+    return {"agent": agent, "peak_rss_mb": peak_rss_mb(), "threads": threads,
+            "detector_threads": stream_detector_threads(cfg.inference) or threads}
 
 
 def _spawn(workdir: Path, backend: str, scene: Scene, frames: Path, warmup: int, threads: int | None,
@@ -129,7 +131,9 @@ def measure(backends, frames: int, warmup: int, threads: int | None, config: Pat
                      "expression": defaults.expression.enabled, "flip_tta": manifest.emotion.flip_tta,
                      "regenerate_every": manifest.generator.regenerate_every,
                      "threads": threads if threads is not None else defaults.inference.threads,
-                     "threads_used": max(r["threads"] for per in results.values() for r in per.values())},
+                     "threads_used": max(r["threads"] for per in results.values() for r in per.values()),
+                     "detector_threads": max(r.get("detector_threads", r["threads"])
+                                             for per in results.values() for r in per.values())},
         "scenes": {s.name: {"width": s.width, "height": s.height, "faces": len(s.people)} for s in scenes},
         "results": {b: {"peak_rss_mb": max(r["peak_rss_mb"] for r in per.values()), "scenes": per}
                     for b, per in results.items()},

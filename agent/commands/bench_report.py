@@ -42,7 +42,8 @@ def format_report(report: dict) -> str:
     expression = f"on (flip TTA {onoff[s['flip_tta']]})" if s["expression"] else "off"
     lines = [f"anoncam bench: {m['cpu']}, {m['cores']} cores; {s['frames']} frames per scene after {s['warmup']} "
              f"warm-up; {s['threads_used']} inference thread(s) per runtime"
-             + (" (config 0: half the cores)" if not s["threads"] else ""),
+             + (" (config 0: half the cores)" if not s["threads"] else "")
+             + f", {s.get('detector_threads', s['threads_used'])} for the face detector",
              f"config {s['config'] or 'defaults'}: expression {expression}, JPEG quality {s['jpeg_quality']}, "
              f"synthetic faces made anew every {s['regenerate_every']} frame(s)"]
     for name, scene in report["scenes"].items():
