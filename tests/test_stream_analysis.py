@@ -230,3 +230,17 @@ def test_detector_thresholds_go_by_box_size():
     assert kept(Thresholds(threshold=0.1, small=0.06, small_size=20)) == [10, 17]
     assert kept(Thresholds(threshold=0.1, small=0.06, small_size=20, tiny=0.08, tiny_size=15)) == [17]
     assert kept(Thresholds(threshold=0.05, small=0.08, small_size=20, large=0.08, large_size=64)) == [40]
+
+
+def test_mediapipe_loads_without_its_plotting_helpers_until_they_are_used():
+    # A fresh interpreter: this one has long imported mediapipe.
+    import subprocess
+    import sys
+
+    code = ("import sys, agent.detection, mediapipe\n"
+            "from mediapipe.tasks.python import vision\n"
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported at start'\n"
+            "assert vision.drawing_utils.DrawingSpec(thickness=3).thickness == 3\n"
+            "assert 'matplotlib.pyplot' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
