@@ -69,8 +69,25 @@ def raise_opset(source: Path, target: Path, opset: int = 13) -> None:
     from onnx import version_converter
 
     model = version_converter.convert_version(onnx.load(str(source)), opset)
+    # Names, so that quantization can leave kinds of node in FP32 (CenterFace's nodes have none): the
+    # depthwise convolutions, and the output heads (the nodes making the four outputs and their inputs).
+    outputs = {o.name for o in model.graph.output}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    heads = {id(producer[o]) for o in outputs} | {id(producer[i]) for o in outputs for i in producer[o].input
+                                                   if i in producer and producer[o].op_type == "Sigmoid"}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            depthwise = node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)
+            kind = "head_" if id(node) in heads else "depthwise_" if depthwise else ""
+            node.name = f"{kind}{node.op_type.lower()}_{i}"
     onnx.checker.check_model(model)
     onnx.save(model, str(target))
+
+
+def head_nodes(path: Path) -> list[str]:
+    import onnx
+
+    return [n.name for n in onnx.load(str(path)).graph.node if n.name.startswith("head_")]
 
 
 def score_ratio(fp32: Path, int8: Path, frames: list[np.ndarray], low: float = 0.04, high: float = 0.6) -> dict:
@@ -98,6 +115,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="folder for face_detector.int8.onnx and the report")
     ap.add_argument("--calibration", type=int, default=48, help="collages to calibrate on")
     ap.add_argument("--method", choices=("percentile", "minmax"), default="percentile")
+    ap.add_argument("--fp32", choices=("none", "depthwise", "heads"), default="none",
+                    help="left in FP32: nothing, the 17 depthwise convolutions, or the output heads (the four "
+                         "output convolutions and the heatmap's sigmoid, whose uint8 output steps by 1/255)")
     args = ap.parse_args(argv)
     if not CELEBA_ZIP.exists():
         sys.exit(f"tools.quantize_detector: error: {CELEBA_ZIP} not found (set ANONCAM_SHARED)")
@@ -110,8 +130,10 @@ def main(argv=None) -> int:
     opset13, int8 = args.out / "face_detector.opset13.onnx", args.out / "face_detector.int8.onnx"
     raise_opset(args.source, opset13)
     # Upsample with a computed scale defeats ORT's symbolic shape inference; ONNX's own is enough here.
-    quantize_ort(opset13, int8, calib, "image", method=args.method, skip_symbolic_shape=True)
-    report = {"source": str(args.source), "method": args.method, "calibration_collages": args.calibration,
+    quantize_ort(opset13, int8, calib, "image", method=args.method, skip_symbolic_shape=True,
+                 fp32_prefixes=("depthwise_",) if args.fp32 == "depthwise" else (),
+                 fp32_nodes=tuple(head_nodes(opset13)) if args.fp32 == "heads" else ())
+    report = {"source": str(args.source), "method": args.method, "fp32": args.fp32, "calibration_collages": args.calibration,
               **score_ratio(opset13, int8, [collage(rng, heldout) for _ in range(24)])}
     opset13.unlink()
     (args.out / "quantize_detector.json").write_text(json.dumps(report, indent=1) + "\n")
