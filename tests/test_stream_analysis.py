@@ -244,3 +244,18 @@ def test_mediapipe_loads_without_its_plotting_helpers_until_they_are_used():
             "assert 'matplotlib.pyplot' in sys.modules\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_each_runtime_runs_the_detector_file_the_manifest_gives_it(backend):
+    from agent.config import InferenceConfig
+    from agent.runtime.manifest import load_manifest
+
+    spec = load_manifest().detector
+    detector = FaceDetector(InferenceConfig(backend=backend), spec, rotations=())
+    assert detector.model.runtime == backend
+    assert detector.model.session.path.name == (spec.openvino.file if backend == "openvino" else spec.file)
+    assert detector.spec.threshold == (spec.openvino.threshold if backend == "openvino" else spec.threshold)
+    found = detector.detect(skimage.data.astronaut())
+    # The astronaut's face (x 181-270, y 72-178 in the 512 px photo), found by either network.
+    assert any(d.box[0] < 225 < d.box[2] and d.box[1] < 125 < d.box[3] and d.size > 60 for d in found)

@@ -12,11 +12,10 @@ import numpy as np
 
 def quantize_ort(fp32: Path, out: Path, calib: np.ndarray, input_name: str, *, batch: int = 1,
                  method: str = "percentile", reduce_range: bool = False, fp32_prefixes: tuple[str, ...] = (),
-                 skip_symbolic_shape: bool = False, fp32_nodes: tuple[str, ...] = ()) -> None:
+                 skip_symbolic_shape: bool = False) -> None:
     """Static QDQ: uint8 activations, per-channel symmetric int8 weights, calibrated on ``calib`` batches.
 
-    Convs whose node name starts with one of ``fp32_prefixes``, and the nodes named in ``fp32_nodes``
-    (any kind), are left in FP32.
+    Convs whose node name starts with one of ``fp32_prefixes`` are left in FP32.
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -32,8 +31,7 @@ def quantize_ort(fp32: Path, out: Path, calib: np.ndarray, input_name: str, *, b
     pre = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=skip_symbolic_shape)
     keep_fp32 = [n.name for n in onnx.load(str(pre)).graph.node
-                 if (n.op_type == "Conv" and fp32_prefixes and n.name.startswith(fp32_prefixes))
-                 or n.name in fp32_nodes]
+                 if n.op_type == "Conv" and fp32_prefixes and n.name.startswith(fp32_prefixes)]
     calibrate = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax}[method]
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate,

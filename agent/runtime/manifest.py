@@ -31,8 +31,21 @@ class _Part(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class OpenVinoDetector(_Part):
+    """What OpenVINO runs instead: the network quantized to INT8 (NNCF QDQ, which ONNX Runtime runs slower
+    than FP32), and the thresholds measured with it where they differ."""
+
+    file: str
+    threshold: float | None = Field(None, gt=0, lt=1)
+    small_threshold: float | None = Field(None, gt=0, lt=1)
+    tiny_threshold: float | None = Field(None, gt=0, lt=1)
+    large_threshold: float | None = Field(None, gt=0, lt=1)
+    rotated_threshold: float | None = Field(None, gt=0, lt=1)
+
+
 class DetectorSpec(_Part):
     file: str = "face_detector.onnx"
+    openvino: OpenVinoDetector | None = None
     threshold: float = Field(0.1, gt=0, lt=1, description="score from which a box is a face")
     small_threshold: float = Field(0.06, gt=0, lt=1, description="the same for boxes under small_size px")
     small_size: float = Field(20, ge=0)
@@ -43,6 +56,12 @@ class DetectorSpec(_Part):
     large_size: float = Field(64, ge=0)
     rotated_threshold: float = Field(0.5, gt=0, lt=1, description="faces found in the turned passes")
     min_mesh_size: float = Field(64, ge=0, description="faces smaller than this (px) are covered, not synthesized")
+
+    def for_runtime(self, runtime: str) -> "DetectorSpec":
+        """The file and thresholds for ``runtime`` ("openvino" or "onnxruntime")."""
+        if runtime != "openvino" or self.openvino is None:
+            return self
+        return self.model_copy(update={**self.openvino.model_dump(exclude_none=True), "openvino": None})
 
 
 class LandmarkerSpec(_Part):
@@ -127,7 +146,8 @@ class Manifest(_Part):
     def files(self) -> list[str]:
         """Every file name and model base name the manifest refers to."""
         g = self.generator
-        return [self.detector.file, self.landmarker.file, *sorted(g.names()), g.shape_model, g.texture,
+        d = self.detector
+        return [d.file, *([d.openvino.file] if d.openvino else []), self.landmarker.file, *sorted(g.names()), g.shape_model, g.texture,
                 self.emotion.classifier, self.emotion.bank]
 
     def override(self, **parts: dict) -> "Manifest":
