@@ -34,8 +34,9 @@ class InferenceConfig(Section):
     backend: Literal["openvino", "onnxruntime", "auto"] = Field(
         "auto", description="auto: OpenVINO when installed (pip install 'anoncam[openvino]'), else ONNX Runtime")
     device: str = Field("CPU", description="OpenVINO device: CPU, GPU or NPU (ONNX Runtime runs on the CPU)")
-    threads: int = Field(0, ge=0, le=256, description="inference threads; 0: half the cores in `anoncam run` (analysis "
-                                                      "and synthesis run side by side), the runtime's choice elsewhere")
+    threads: int = Field(0, ge=0, le=256, description="inference threads; 0: in `anoncam run` every core for the face "
+                                                      "detector and half of them for the other models (analysis and "
+                                                      "synthesis run side by side), the runtime's choice elsewhere")
     models_dir: Path | None = Field(None, description="folder with SHA256SUMS, manifest.yaml and the models; "
                                                       "unset: the installed models")
 
