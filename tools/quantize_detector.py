@@ -9,8 +9,8 @@ Held-out collages (other identities) then compare the INT8 heatmap with FP32's a
 scores near the detector's thresholds (0.04-0.6): the report gives the ratio's median and spread.
 
 OpenVINO runs the file in 20 ms at 640x480 on one thread, against 33 ms for FP32. ONNX Runtime runs the
-same file slower than FP32 (123 against 54 ms), so it keeps ``detector.file``. Copy the result into models/ and record it with ``python -m tools.model_files
-face_detector.int8.onnx``.
+same file slower than FP32 (123 against 54 ms), so it keeps ``detector.file``. Copy the result into
+models/ and record it with ``python -m tools.model_files face_detector.int8.onnx``.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def score_ratio(fp32: Path, int8: Path, frames: list[np.ndarray], low: float = 0
 def quantize(source: Path, target: Path, calib: np.ndarray, preset: str = "performance") -> None:
     """NNCF post-training quantization of the ONNX graph to QDQ ONNX, with fast bias correction: each
     convolution's bias absorbs the mean shift quantization gives its output. On held-out collages its
-    heatmap keeps to FP32's within 0.90-1.10 (10th-90th percentile ratio) where ONNX Runtime's own
+    heatmap keeps to FP32's within 0.90-1.11 (10th-90th percentile ratio) where ONNX Runtime's own
     static quantization of the same graph gives 0.83-1.26 and leaves more small faces unfound."""
     import nncf
     import onnx

@@ -132,8 +132,7 @@ def measure(backends, frames: int, warmup: int, threads: int | None, config: Pat
                      "regenerate_every": manifest.generator.regenerate_every,
                      "threads": threads if threads is not None else defaults.inference.threads,
                      "threads_used": max(r["threads"] for per in results.values() for r in per.values()),
-                     "detector_threads": max(r.get("detector_threads", r["threads"])
-                                             for per in results.values() for r in per.values())},
+                     "detector_threads": max(r["detector_threads"] for per in results.values() for r in per.values())},
         "scenes": {s.name: {"width": s.width, "height": s.height, "faces": len(s.people)} for s in scenes},
         "results": {b: {"peak_rss_mb": max(r["peak_rss_mb"] for r in per.values()), "scenes": per}
                     for b, per in results.items()},

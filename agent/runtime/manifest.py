@@ -33,14 +33,10 @@ class _Part(BaseModel):
 
 class OpenVinoDetector(_Part):
     """What OpenVINO runs instead: the network quantized to INT8 (NNCF QDQ, which ONNX Runtime runs slower
-    than FP32), and the thresholds measured with it where they differ."""
+    than FP32), and the score threshold measured with it when it differs."""
 
     file: str
     threshold: float | None = Field(None, gt=0, lt=1)
-    small_threshold: float | None = Field(None, gt=0, lt=1)
-    tiny_threshold: float | None = Field(None, gt=0, lt=1)
-    large_threshold: float | None = Field(None, gt=0, lt=1)
-    rotated_threshold: float | None = Field(None, gt=0, lt=1)
 
 
 class DetectorSpec(_Part):
@@ -147,8 +143,8 @@ class Manifest(_Part):
         """Every file name and model base name the manifest refers to."""
         g = self.generator
         d = self.detector
-        return [d.file, *([d.openvino.file] if d.openvino else []), self.landmarker.file, *sorted(g.names()), g.shape_model, g.texture,
-                self.emotion.classifier, self.emotion.bank]
+        return [d.file, *([d.openvino.file] if d.openvino else []), self.landmarker.file, *sorted(g.names()),
+                g.shape_model, g.texture, self.emotion.classifier, self.emotion.bank]
 
     def override(self, **parts: dict) -> "Manifest":
         """This manifest with some settings changed, validated again: ``override(generator={"feather": 0.1})``.
