@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 STRIDE = 32  # the network's total down-sampling: inputs are padded to a multiple of it
 CELL = 4  # heatmap cell in input pixels
+BUCKETS_PER_OCTAVE = 8  # free-size inputs are padded to one of this many sides per doubling (see padded_side)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ class CenterFace:
         """(boxes (N, 4), scores (N,), landmarks (N, 5, 2)) in ``rgb``'s pixels; ``flip``: average
         the heatmap with the mirror image's."""
         h, w = rgb.shape[:2]
-        ph, pw = -(-h // STRIDE) * STRIDE, -(-w // STRIDE) * STRIDE
+        bucketed = self.session.bucketed
+        ph, pw = padded_side(h, bucketed), padded_side(w, bucketed)
         blob = np.zeros((1, 3, ph, pw), np.float32)
         blob[0, :, :h, :w] = rgb.transpose(2, 0, 1)
         heatmap, scale, offset, marks = (np.array(x) for x in self.session.run(blob))
@@ -67,14 +69,16 @@ class CenterFace:
 
 
 class _OpenVinoSession:
-    """CenterFace on OpenVINO. A compile with free input size serves sizes seen once or twice (a
-    folder of photos); a size that keeps coming (a camera's) gets a compile of its own, about a
-    fifth faster. ``static_after`` sightings make a size a camera's: 1 for streams, whose few sizes
-    are then all fixed and the free-size compile (and its memory) is never made."""
+    """CenterFace on OpenVINO. Stills: one compile with free input size, fed sizes in buckets
+    (:func:`padded_side`): its first inference at each new size costs about two inferences, and
+    photos rarely share a size; once warm at a size it runs within a few per cent of a compile
+    fixed to it. Streams (``fixed_sizes``): each of their few input sizes (the frame, the turned
+    canvas, the zoom crop) gets a compile of its own as it first comes, up to STATIC_MAX, so the
+    free-size compile (and its memory) is made only if more come."""
 
     STATIC_MAX = 4
 
-    def __init__(self, path, device: str, threads: int, static_after: int = 3):
+    def __init__(self, path, device: str, threads: int, fixed_sizes: bool = False):
         import openvino as ov
 
         self._core = ov.Core()
@@ -85,21 +89,20 @@ class _OpenVinoSession:
             if threads:
                 self._config["INFERENCE_NUM_THREADS"] = threads
         self._device = device
-        self._static_after = static_after
+        self.bucketed = not fixed_sizes
         self.path = Path(path)
         try:
             self._model = self._core.read_model(str(path))
             # Compiled now, so a device or model problem shows at start, not on the first frame; a
             # stream, which will not use the free-size compile, checks on a small fixed one it drops.
-            self._dynamic = self._compile(self._model) if static_after > 1 else None
-            if self._dynamic is None:
+            self._dynamic = None if fixed_sizes else self._compile(self._model)
+            if fixed_sizes:
                 probe = self._model.clone()
                 probe.reshape([1, 3, STRIDE, STRIDE])
                 self._compile(probe)
         except Exception as exc:
             raise ModelError(f"OpenVINO could not load {path} on {device}: {exc}") from exc
         self._static: dict[tuple, object] = {}
-        self._seen: dict[tuple, int] = {}
 
     def _compile(self, model):
         return self._core.compile_model(model, self._device, self._config).create_infer_request()
@@ -110,10 +113,11 @@ class _OpenVinoSession:
         return [request.get_output_tensor(i).data for i in range(4)]
 
     def _request(self, shape):
+        if self.bucketed:
+            return self._dynamic
         if shape in self._static:
             return self._static[shape]
-        self._seen[shape] = self._seen.get(shape, 0) + 1
-        if self._seen[shape] >= self._static_after and len(self._static) < self.STATIC_MAX:
+        if len(self._static) < self.STATIC_MAX:
             model = self._model.clone()
             model.reshape(list(shape))
             self._static[shape] = self._compile(model)
@@ -124,6 +128,8 @@ class _OpenVinoSession:
 
 
 class _OnnxRuntimeSession:
+    bucketed = False  # it has no first-inference cost at a new size to spare: exact padding is cheaper
+
     def __init__(self, path, threads: int):
         import onnxruntime as ort
 
@@ -146,7 +152,7 @@ def open_session(path, backend: str, device: str = "CPU", threads: int = 0, stre
                  openvino_path=None):
     if backend == "openvino" or (backend == "auto" and openvino_available()):
         try:
-            return _OpenVinoSession(openvino_path or path, device, threads, static_after=1 if stream else 3)
+            return _OpenVinoSession(openvino_path or path, device, threads, fixed_sizes=stream)
         except ImportError:
             if backend == "openvino":
                 raise ModelError(OPENVINO_MISSING) from None
@@ -157,6 +163,19 @@ def open_session(path, backend: str, device: str = "CPU", threads: int = 0, stre
     if backend in ("onnxruntime", "auto"):
         return _OnnxRuntimeSession(path, threads)
     raise ModelError(f"unknown backend {backend!r}; choose openvino, onnxruntime or auto")
+
+
+def padded_side(side: int, bucketed: bool = False) -> int:
+    """The input side ``side`` px are padded to: the next multiple of STRIDE, or with ``bucketed``
+    the next of BUCKETS_PER_OCTAVE steps per doubling (at most an eighth more pixels each way).
+    OpenVINO's free-size compile spends ~65 ms on its first inference at each new size (on a
+    1024 x 768 photo, twice the inference itself), and photos rarely share a size: on buckets
+    they do after a few. A stream's few sizes are compiled each as they are."""
+    side = -(-side // STRIDE) * STRIDE
+    if not bucketed:
+        return side
+    step = max(STRIDE, (1 << (side.bit_length() - 1)) // BUCKETS_PER_OCTAVE)
+    return -(-side // step) * step
 
 
 def decode(heatmap, scale, offset, marks, size, t: Thresholds):

@@ -24,7 +24,7 @@ above the threshold becomes a box with five landmarks.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -72,50 +72,48 @@ class FaceDetector:
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         h, w = rgb.shape[:2]
-        found = []
-        for scale in levels(round(h * self.scale), round(w * self.scale)):
-            found += self._pass(rgb, scale * self.scale, self.flip)
-        found += self._zoom(rgb, found)
+        found = Candidates.join([self._pass(rgb, scale * self.scale, self.flip)
+                                 for scale in levels(round(h * self.scale), round(w * self.scale))])
+        parts = [found, self._zoom(rgb, found)]
         self._calls += 1
         if self.rotations and (self._calls - 1) % self.turn_every == 0:
-            found += self._turned(rgb)
-        return sorted(nms(found, NMS_IOU), key=lambda d: -d.size)
+            parts.append(self._turned(rgb))
+        return sorted(nms(Candidates.join(parts), NMS_IOU).detections(), key=lambda d: -d.size)
 
-    def _pass(self, rgb: np.ndarray, scale: float, flip: bool = False) -> list[Detection]:
-        """Detections on ``rgb`` scaled by ``scale``, in ``rgb``'s own pixels."""
+    def _pass(self, rgb: np.ndarray, scale: float, flip: bool = False) -> Candidates:
+        """Candidates on ``rgb`` scaled by ``scale``, in ``rgb``'s own pixels."""
         image = _resize(rgb, scale) if scale != 1.0 else rgb
         boxes, scores, marks = self._infer(image, flip)
-        return _detections(boxes / scale, scores, marks / scale, 0)
+        return Candidates.of(boxes / scale, scores, marks / scale, 0)
 
-    def _zoom(self, rgb: np.ndarray, found: list[Detection]) -> list[Detection]:
+    def _zoom(self, rgb: np.ndarray, found: Candidates) -> Candidates:
         """A crowd: each ZOOM_CELL px square holding a box under ZOOM_BELOW px runs again at twice the
         size (unmirrored), for the faces the network misses at their own size. Only crowded frames pay
         for it, and only where the crowd is; every crop has the same size, so OpenVINO compiles it once."""
-        small = [d for d in found if d.size < ZOOM_BELOW]
-        if len(small) < ZOOM_CROWD:
-            return []
+        small = found.sizes < ZOOM_BELOW
+        if small.sum() < ZOOM_CROWD:
+            return Candidates.empty()
         h, w = rgb.shape[:2]
-        cells = {(int(d.centre[0]) // ZOOM_CELL, int(d.centre[1]) // ZOOM_CELL) for d in small}
+        cells = sorted({(int(x) // ZOOM_CELL, int(y) // ZOOM_CELL) for x, y in found.centres[small]})
         side = ZOOM_CELL + 2 * ZOOM_MARGIN
         out = []
-        for i, j in sorted(cells):
+        for i, j in cells:
             x0, y0 = i * ZOOM_CELL - ZOOM_MARGIN, j * ZOOM_CELL - ZOOM_MARGIN
             crop = np.zeros((side, side, 3), np.uint8)
             sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
             crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
-            shift = np.array([x0, y0], np.float32)
-            for d in self._pass(crop, 2.0):
-                cx, cy = d.centre + shift
-                # Each face from the square its centre lies in: the margins overlap the neighbours'.
-                mine = i * ZOOM_CELL <= cx < (i + 1) * ZOOM_CELL and j * ZOOM_CELL <= cy < (j + 1) * ZOOM_CELL
-                if mine and d.size < 2 * ZOOM_BELOW:
-                    out.append(replace(d, box=d.box + np.tile(shift, 2), landmarks=d.landmarks + shift))
-        return out
+            c = self._pass(crop, 2.0).shifted(x0, y0)
+            # Each face from the square its centre lies in: the margins overlap the neighbours'.
+            cx, cy = c.centres.T
+            mine = ((i * ZOOM_CELL <= cx) & (cx < (i + 1) * ZOOM_CELL) & (j * ZOOM_CELL <= cy)
+                    & (cy < (j + 1) * ZOOM_CELL) & (c.sizes < 2 * ZOOM_BELOW))
+            out.append(c[mine])
+        return Candidates.join(out)
 
-    def _turned(self, rgb: np.ndarray) -> list[Detection]:
+    def _turned(self, rgb: np.ndarray) -> Candidates:
         """Faces upside down or on their side: the frame, scaled by rotation_scale, turned by each
         angle, the turns side by side on one canvas (one inference instead of three)."""
-        h, w = rgb.shape[:2]
+        w = rgb.shape[1]
         small = rgb if self.rotation_scale >= 1 else _resize(rgb, self.rotation_scale)
         sh, sw = small.shape[:2]
         scale = sw / w
@@ -136,10 +134,8 @@ class FaceDetector:
             corners = _unturn_points(corners, angle, sw, sh).reshape(-1, 2, 2)
             b = np.concatenate([corners.min(1), corners.max(1)], 1) / scale
             m = _unturn_points((marks[mine] - shift).reshape(-1, 2), angle, sw, sh).reshape(-1, 5, 2) / scale
-            out += _detections(b, scores[mine], m, angle)
-        return out
-
-
+            out.append(Candidates.of(b, scores[mine], m, angle))
+        return Candidates.join(out)
 
     def _infer(self, rgb: np.ndarray, flip: bool):
         spec = self.spec
@@ -148,9 +144,51 @@ class FaceDetector:
                                                        spec.tiny_size))
 
 
-def _detections(boxes, scores, marks, angle: int) -> list[Detection]:
-    return [Detection(b.astype(np.float32), float(s), m.astype(np.float32), up=_up(m, b, angle))
-            for b, s, m in zip(boxes, scores, marks)]
+@dataclass(frozen=True)
+class Candidates:
+    """Boxes above threshold from one or more passes, as arrays: a crowd photo gives hundreds before
+    suppression, and only the kept ones become :class:`Detection` objects."""
+
+    boxes: np.ndarray  # (N, 4) x0, y0, x1, y1
+    scores: np.ndarray  # (N,)
+    marks: np.ndarray  # (N, 5, 2)
+    ups: np.ndarray  # (N, 2) chin-to-brow unit vectors
+
+    @classmethod
+    def of(cls, boxes, scores, marks, angle: int) -> Candidates:
+        boxes, marks = np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(marks, np.float32).reshape(-1, 5, 2)
+        return cls(boxes, np.asarray(scores, np.float32).reshape(-1), marks, _ups(marks, boxes, angle))
+
+    @classmethod
+    def empty(cls) -> Candidates:
+        return cls.of(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)), 0)
+
+    @classmethod
+    def join(cls, parts: list[Candidates]) -> Candidates:
+        if not parts:
+            return cls.empty()
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("boxes", "scores", "marks", "ups")))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def __getitem__(self, index) -> Candidates:
+        return Candidates(self.boxes[index], self.scores[index], self.marks[index], self.ups[index])
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.maximum(self.boxes[:, 2] - self.boxes[:, 0], self.boxes[:, 3] - self.boxes[:, 1])
+
+    @property
+    def centres(self) -> np.ndarray:
+        return (self.boxes[:, :2] + self.boxes[:, 2:]) / 2
+
+    def shifted(self, dx: float, dy: float) -> Candidates:
+        shift = np.array([dx, dy], np.float32)
+        return Candidates(self.boxes + np.tile(shift, 2), self.scores, self.marks + shift, self.ups)
+
+    def detections(self) -> list[Detection]:
+        return [Detection(b, float(s), m, up=u) for b, s, m, u in zip(self.boxes, self.scores, self.marks, self.ups)]
 
 
 def levels(h: int, w: int) -> list[float]:
@@ -162,21 +200,20 @@ def levels(h: int, w: int) -> list[float]:
     return out
 
 
-def nms(dets: list[Detection], threshold: float) -> list[Detection]:
+def nms(found: Candidates, threshold: float) -> Candidates:
     """Non-maximum suppression by score across levels and orientations; then, of two boxes at most
     NEST_RATIO apart in size where one's centre lies in the other, the lower-scored is dropped too.
     Faces do not nest: that is one face seen at two scales or offsets (and the cover of the kept box
     holds it), and the larger of the two would cover the scene around a face for nothing."""
-    if not dets:
-        return []
-    boxes = np.stack([d.box for d in dets]).astype(np.float32)
-    scores = np.array([d.score for d in dets], np.float32)
+    if not len(found):
+        return found
+    boxes, scores = found.boxes, found.scores
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
     keep = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.0, threshold), int).reshape(-1)
-    keep = keep[np.argsort(-scores[keep], kind="stable")]
-    b, s = boxes[keep], scores[keep]
-    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
-    size = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+    kept = found[keep[np.argsort(-scores[keep], kind="stable")]]
+    b, s = kept.boxes, kept.scores
+    cx, cy = kept.centres.T
+    size = kept.sizes
     # holds[i, j]: j's centre lies in i's box.
     holds = ((b[:, None, 0] <= cx[None]) & (cx[None] <= b[:, None, 2])
              & (b[:, None, 1] <= cy[None]) & (cy[None] <= b[:, None, 3]))
@@ -184,8 +221,7 @@ def nms(dets: list[Detection], threshold: float) -> list[Detection]:
     near = (ratio <= NEST_RATIO) & (ratio >= 1 / NEST_RATIO)
     # drop[i, j]: i scores higher and one of the two holds the other's centre.
     drop = (holds | holds.T) & near & (s[:, None] > s[None])
-    dropped = drop.any(axis=0)
-    return [dets[k] for k, d in zip(keep, dropped) if not d]
+    return kept[~drop.any(axis=0)]
 
 
 def _resize(rgb: np.ndarray, scale: float) -> np.ndarray:
@@ -200,16 +236,15 @@ _UP = {0: np.array([0.0, -1.0], np.float32), 90: np.array([-1.0, 0.0], np.float3
        180: np.array([0.0, 1.0], np.float32), 270: np.array([1.0, 0.0], np.float32)}
 
 
-def _up(marks: np.ndarray, box: np.ndarray, angle: int) -> np.ndarray:
-    """Chin-to-brow direction: from the mouth to the eyes where the face is large enough for its
-    landmarks to say (a face can be found in a pass other than the one it stands upright in),
+def _ups(marks: np.ndarray, boxes: np.ndarray, angle: int) -> np.ndarray:
+    """Chin-to-brow directions (N, 2): from the mouth to the eyes where the face is large enough for
+    its landmarks to say (a face can be found in a pass other than the one it stands upright in),
     else the pass's own."""
-    if max(box[2] - box[0], box[3] - box[1]) >= UP_FROM_LANDMARKS:
-        v = marks[:2].mean(0) - marks[3:].mean(0)
-        n = float(np.hypot(*v))
-        if n > 1e-3:
-            return (v / n).astype(np.float32)
-    return _UP[angle]
+    v = marks[:, :2].mean(1) - marks[:, 3:].mean(1)
+    n = np.hypot(v[:, 0], v[:, 1])
+    sizes = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    own = (sizes >= UP_FROM_LANDMARKS) & (n > 1e-3)
+    return np.where(own[:, None], v / np.maximum(n, 1e-3)[:, None], _UP[angle]).astype(np.float32)
 
 
 def _turn(rgb: np.ndarray, angle: int) -> np.ndarray:
