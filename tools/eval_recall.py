@@ -9,7 +9,8 @@ Data: shared/data/crowd/wider_face_val_dev.zip (WIDER FACE val, research-only: u
 ~/.cache/anoncam, never into the repo), or any zip/folder with images/ and a gt.json in its format.
 Each method (`anoncam`: agent.pipeline.Anonymizer on stills, built from --config and the models'
 manifest or --manifest, a changed copy of it; `deface`: deface with its CLI defaults) is timed alike:
-decode the file, anonymize, encode JPEG q95 in memory. Then, decoded output vs original:
+decode the file, anonymize, encode JPEG q95 in memory. The methods take turns on each photo, in
+rotating order, so that a drift in the machine's speed falls on both. Then, decoded output vs original:
 
 - leak: a valid face whose box centre (middle half of the box, >= 2x2 px) barely changed: mean abs
   RGB difference at most a margin, max(2 m, m + 2), above the largest m that re-encoding the untouched
@@ -85,38 +86,48 @@ def timed_output(method, path: Path) -> tuple[float, bytes]:
     return time.perf_counter() - t, data
 
 
-def method_pass(method, folder: Path, items: list[dict], judge: DlibJudge, originals: dict) -> dict:
-    """Run one method over all images and measure its outputs (the measuring is not timed)."""
-    timed_output(method, folder / "images" / items[0]["file"])  # warm-up: first-call allocations, lazy loads
-    seconds, diffs, outside, judged = [], [], [], {}
-    for i, it in enumerate(tqdm(items, desc=method.name, unit="img")):
+def method_passes(methods: list, folder: Path, items: list[dict], judge: DlibJudge, originals: dict) -> dict:
+    """Run every method over all images and measure its outputs (the measuring is not timed). The
+    methods take turns on each image, in an order that rotates, never side by side: a shared
+    machine's speed drifts by a third within minutes, and so it falls on all of them alike."""
+    first = folder / "images" / items[0]["file"]
+    for method in methods:
+        timed_output(method, first)  # warm-up: first-call allocations, lazy loads
+    runs = {m.name: {"seconds": [], "diffs": [], "outside": [], "dlib": {}} for m in methods}
+    for i, it in enumerate(tqdm(items, desc=" + ".join(runs), unit="img")):
         path = folder / "images" / it["file"]
-        dt, data = timed_output(method, path)
-        seconds.append(dt)
-        rgb, out = load_rgb(path), decode_jpeg(data)
-        diffs += [centre_diff(rgb, out, f) for f in it["faces"]]
-        outside.append(outside_changed_share(rgb, out, decode_jpeg(encode_jpeg(rgb)), it["faces"]))
-        for k, f in enumerate(it["faces"]):
-            if (i, k) in originals:
-                judged[i, k] = judge.match(out, f, originals[i, k])
-    return {"seconds": seconds, "diffs": np.array(diffs), "outside": np.array(outside), "dlib": judged}
+        rgb = load_rgb(path)
+        reencoded = decode_jpeg(encode_jpeg(rgb))
+        turn = i % len(methods)
+        for method in methods[turn:] + methods[:turn]:
+            dt, data = timed_output(method, path)
+            run, out = runs[method.name], decode_jpeg(data)
+            run["seconds"].append(dt)
+            run["diffs"] += [centre_diff(rgb, out, f) for f in it["faces"]]
+            run["outside"].append(outside_changed_share(rgb, out, reencoded, it["faces"]))
+            for k, f in enumerate(it["faces"]):
+                if (i, k) in originals:
+                    run["dlib"][i, k] = judge.match(out, f, originals[i, k])
+    return {name: {**run, "diffs": np.array(run["diffs"]), "outside": np.array(run["outside"])}
+            for name, run in runs.items()}
 
 
 def run_methods(names: list[str], args, folder: Path, items: list[dict], rows: list[dict], judge: DlibJudge,
                 originals: dict, threshold: float) -> tuple[dict, dict]:
-    """(per method: its pass over the images, its figures), one method after the other."""
-    runs, figures = {}, {}
-    for name in names:  # never side by side: they share the CPU
-        try:
-            method = make_method(name, args.config, args.manifest)
-        except AnoncamError as exc:
-            raise SystemExit(f"anoncam: error: {exc}") from None
-        try:
-            runs[name] = method_pass(method, folder, items, judge, originals)
-        finally:
+    """(per method: its pass over the images, its figures)."""
+    methods = []
+    try:
+        for name in names:
+            try:
+                methods.append(make_method(name, args.config, args.manifest))
+            except AnoncamError as exc:
+                raise SystemExit(f"anoncam: error: {exc}") from None
+        runs = method_passes(methods, folder, items, judge, originals)
+    finally:
+        for method in methods:
             method.close()
-        figures[name] = {"version": method.version, "settings": method.settings, "failures": method.failures,
-                         **method_figures(runs[name], rows, threshold)}
+    figures = {m.name: {"version": m.version, "settings": m.settings, "failures": m.failures,
+                        **method_figures(runs[m.name], rows, threshold)} for m in methods}
     return runs, figures
 
 

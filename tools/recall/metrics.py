@@ -151,7 +151,7 @@ def leak_rates(rows: list[dict], leaked: np.ndarray) -> dict:
 
 
 def method_figures(run: dict, rows: list[dict], threshold: float) -> dict:
-    """One method's figures from its pass over the images (tools.eval_recall.method_pass)."""
+    """One method's figures from its pass over the images (tools.eval_recall.method_passes)."""
     shares = 100 * run["outside"][~np.isnan(run["outside"])]
     return {
         "leak": leak_rates(rows, run["diffs"] <= threshold),
