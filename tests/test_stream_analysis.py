@@ -259,3 +259,31 @@ def test_each_runtime_runs_the_detector_file_the_manifest_gives_it(backend):
     found = detector.detect(skimage.data.astronaut())
     # The astronaut's face (x 181-270, y 72-178 in the 512 px photo), found by either network.
     assert any(d.box[0] < 225 < d.box[2] and d.box[1] < 125 < d.box[3] and d.size > 60 for d in found)
+
+
+def test_stills_pad_to_few_input_sizes_and_find_the_same_faces():
+    """OpenVINO's free-size compile is slow at each new input size, so stills pad to buckets: at most
+    an eighth more pixels each way, eight sizes per doubling, and the same faces found as with the
+    network's own multiple of 32."""
+    from agent.config import InferenceConfig
+    from agent.detection.centerface import STRIDE, padded_side
+    from agent.runtime.manifest import load_manifest
+
+    for side in range(1, 4097):
+        exact, bucket = padded_side(side), padded_side(side, bucketed=True)
+        assert exact % STRIDE == 0 and side <= exact < side + STRIDE
+        assert bucket % STRIDE == 0 and exact <= bucket <= max(exact, side * 1.125 + STRIDE)
+    assert len({padded_side(s, bucketed=True) for s in range(513, 1025)}) == 8
+
+    detector = FaceDetector(InferenceConfig(backend="openvino"), load_manifest().detector)
+    assert detector.model.session.bucketed
+    canvas = np.full((700, 530, 3), 90, np.uint8)  # pads to 704 x 544 exactly, 768 x 576 in buckets
+    canvas[100:612, 9:521] = skimage.data.astronaut()
+    found = {}
+    for bucketed in (True, False):
+        detector.model.session.bucketed = bucketed
+        found[bucketed] = [d.box for d in detector.detect(canvas) if d.size > 60]
+    assert len(found[True]) == len(found[False]) == 1
+    face = found[True][0]
+    assert np.abs(face - found[False][0]).max() < 2
+    assert face[0] < 9 + 225 < face[2] and face[1] < 100 + 125 < face[3]
