@@ -71,12 +71,16 @@ class CenterFace:
 class _OpenVinoSession:
     """CenterFace on OpenVINO. Stills: one compile with free input size, fed sizes in buckets
     (:func:`padded_side`): its first inference at each new size costs about two inferences, and
-    photos rarely share a size; once warm at a size it runs within a few per cent of a compile
-    fixed to it. Streams (``fixed_sizes``): each of their few input sizes (the frame, the turned
-    canvas, the zoom crop) gets a compile of its own as it first comes, up to STATIC_MAX, so the
-    free-size compile (and its memory) is made only if more come."""
+    photos rarely share a size. On the CPU, once warm at a size, it runs within a few per cent of a
+    compile fixed to that size, so stills use it alone. On a GPU, OpenVINO documents free sizes as
+    slower than fixed ones (and none is here to measure), so there a size seen ``STATIC_AFTER``
+    times gets a compile of its own. Streams
+    (``fixed_sizes``): each of their few input sizes (the frame, the turned canvas, the zoom crop)
+    gets a compile of its own as it first comes, so the free-size compile (and its memory) is made
+    only if more than STATIC_MAX sizes come."""
 
     STATIC_MAX = 4
+    STATIC_AFTER = 3
 
     def __init__(self, path, device: str, threads: int, fixed_sizes: bool = False):
         import openvino as ov
@@ -90,6 +94,7 @@ class _OpenVinoSession:
                 self._config["INFERENCE_NUM_THREADS"] = threads
         self._device = device
         self.bucketed = not fixed_sizes
+        self._static_after = 1 if fixed_sizes else (None if device == "CPU" else self.STATIC_AFTER)
         self.path = Path(path)
         try:
             self._model = self._core.read_model(str(path))
@@ -103,6 +108,7 @@ class _OpenVinoSession:
         except Exception as exc:
             raise ModelError(f"OpenVINO could not load {path} on {device}: {exc}") from exc
         self._static: dict[tuple, object] = {}
+        self._seen: dict[tuple, int] = {}
 
     def _compile(self, model):
         return self._core.compile_model(model, self._device, self._config).create_infer_request()
@@ -113,11 +119,11 @@ class _OpenVinoSession:
         return [request.get_output_tensor(i).data for i in range(4)]
 
     def _request(self, shape):
-        if self.bucketed:
-            return self._dynamic
         if shape in self._static:
             return self._static[shape]
-        if len(self._static) < self.STATIC_MAX:
+        self._seen[shape] = self._seen.get(shape, 0) + 1
+        wanted = self._static_after is not None and self._seen[shape] >= self._static_after
+        if wanted and len(self._static) < self.STATIC_MAX:
             model = self._model.clone()
             model.reshape(list(shape))
             self._static[shape] = self._compile(model)
