@@ -57,7 +57,8 @@ class AnonymizerConfig(Section):
         1.0, gt=0.1, le=1, description="run the face detector on the frame scaled by this: 1 finds faces from ~8 px; "
         "0.5 takes a quarter of the time and finds them from ~16 px")
     detect_rotated: bool = Field(True, description="also find faces upside down or on their side (the frame turned "
-                                                   "90/180/270 degrees, at a third of its size: faces from ~40 px)")
+                                                   "90/180/270 degrees at a third of its size: faces from ~40 px; a "
+                                                   "frame that lies turned, again at full size)")
 
 
 class ExpressionConfig(Section):

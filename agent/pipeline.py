@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 
 STREAM_TURN_EVERY = 3
+# A stream whose frames lie sideways or upside down (a camera mounted so) keeps being searched turned at
+# full size for this many frames after the last sign of it: two turned passes' worth.
+STREAM_FULL_TURNS = 2 * STREAM_TURN_EVERY
 
 
 class AnalysisFailed(AnoncamError):
@@ -77,6 +80,7 @@ class Anonymizer:
         detector = FaceDetector(detector_inference, manifest.detector,
                                 rotations=(90, 180, 270) if cfg.anonymizer.detect_rotated else (),
                                 flip=stills, turn_every=1 if stills else STREAM_TURN_EVERY,
+                                full_turns=1 if stills else STREAM_FULL_TURNS,
                                 scale=cfg.anonymizer.detection_scale)
         self.analyzer = FaceAnalyzer(
             max_faces=cfg.anonymizer.max_faces, mode=mode,
@@ -154,6 +158,11 @@ class Anonymizer:
         frame, jobs, timings = self.anonymize(rgb, analysis)
         timings["analysis_ms"] = (t1 - t0) * 1e3
         return Result(frame, analysis.faces, jobs, timings, analysis)
+
+    def restart(self) -> None:
+        """The next frame is a stream's first: warm-up frames do not count towards the detector's
+        schedule of turned passes, so that the first real frame is searched for turned faces."""
+        self.analyzer.restart()
 
     def close(self):
         self.analyzer.close()

@@ -228,6 +228,29 @@ def turned_90() -> Scene:
     return _finish("turned_90", canvas, boxes, [90, 270])
 
 
+def _turned_crowd(name: str, angle: int, small: int = 24) -> Scene:
+    """1280x720 (coffee photo), a face 110 px tall and 24 faces ``small`` px tall in a 6x4 grid, all
+    turned by ``angle``: a group photo stored sideways or upside down without an orientation tag. The
+    small faces are too small to be found at the scale of the detector's turned passes, and the upright
+    pass misses about half of them turned."""
+    canvas = photo("coffee", 1280, 720)
+    boxes = [_place_centered(canvas, 110, 150, 150, 0, angle)]
+    for i in range(24):
+        r, c = divmod(i, 6)
+        boxes.append(_place_centered(canvas, small, 360 + 150 * c, 100 + 150 * r, i + 1, angle))
+    return _finish(name, canvas, boxes, [angle] * len(boxes))
+
+
+@functools.lru_cache(maxsize=None)
+def upside_down_crowd() -> Scene:
+    return _turned_crowd("upside_down_crowd", 180)
+
+
+@functools.lru_cache(maxsize=None)
+def sideways_crowd() -> Scene:
+    return _turned_crowd("sideways_crowd", 90)
+
+
 @functools.lru_cache(maxsize=None)
 def upright_pair() -> Scene:
     """1280x720, two upright faces 140 and 156 px tall: the agent's easy case (a control), and the
@@ -246,8 +269,8 @@ def portrait_pair() -> Scene:
     return _finish("portrait_pair", canvas, boxes, [0, 0])
 
 
-SCENES = {f.__name__: f for f in (grid_720p, size_ladder, crowd_20, upside_down, turned_90, upright_pair,
-                                  portrait_pair)}
+SCENES = {f.__name__: f for f in (grid_720p, size_ladder, crowd_20, upside_down, turned_90, upside_down_crowd,
+                                  sideways_crowd, upright_pair, portrait_pair)}
 
 
 def scene(name: str) -> Scene:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import zipfile
 
+import cv2
 import numpy as np
 import pytest
 
@@ -269,3 +270,15 @@ def test_anoncam_end_to_end(dataset, tmp_path):
     assert "anoncam leak %" in (out / "summary.md").read_text()
     rows = list(csv.DictReader((out / "faces.csv").open()))
     assert [r["anoncam_leaked"] for r in rows] == ["0", "1", "", "0"]
+
+
+@pytest.mark.parametrize("angle", [90, 180, 270])
+def test_a_turned_box_lies_where_the_turned_photo_shows_it(angle):
+    face = {"x": 37, "y": 12, "w": 20, "h": 31, "invalid": 0}
+    photo = np.zeros((60, 100), np.uint8)
+    photo[face["y"]:face["y"] + face["h"], face["x"]:face["x"] + face["w"]] = 255
+    ys, xs = np.nonzero(cv2.rotate(photo, recall_data.TURNS[angle]))
+    turned = recall_data.turn_box(face, angle, width=100, height=60)
+    assert (turned["x"], turned["y"], turned["w"], turned["h"]) == (
+        xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min())
+    assert turned["upright_h"] == 31  # the size bins stay the face's own

@@ -41,7 +41,7 @@ from scenes import (
 from agent.config import Config
 from agent.service.agent import Agent
 
-LEAK_SCENES = ["grid_720p", "size_ladder", "crowd_20", "upside_down", "turned_90"]
+LEAK_SCENES = ["grid_720p", "size_ladder", "crowd_20", "upside_down", "turned_90", "upside_down_crowd", "sideways_crowd"]
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -116,6 +116,10 @@ def test_scenes_are_as_specified():
     assert sorted(scene("turned_90").rotations) == [90, 270]
     for name in ("upside_down", "turned_90"):
         assert all(120 <= x <= 160 for x in heights(scene(name)))
+    for name, angle in (("upside_down_crowd", 180), ("sideways_crowd", 90)):
+        sc = scene(name)
+        assert sc.size == (1280, 720) and len(sc.boxes) == 25 and set(sc.rotations) == {angle}
+        assert sorted(heights(sc))[:24] == [24] * 24 and 108 <= max(heights(sc)) <= 112
     # Deterministic: built again from scratch, the same pixels.
     from scenes import crowd_20
 
@@ -229,11 +233,13 @@ def test_exif_oriented_jpeg_keeps_its_orientation(name, orientation, exif_runs):
 STREAM_FRAMES = 10
 
 
-def test_stream_publishes_no_raw_face(mosquitto, tmp_path):
-    """The 720p grid as a 10-frame MJPG clip through the camera agent (every frame handed over, not
-    played in real time) to mosquitto; every published frame is checked."""
-    sc = scene("grid_720p")
-    clip = tmp_path / "grid.avi"
+@pytest.mark.parametrize("name", ["grid_720p", "upside_down_crowd"])
+def test_stream_publishes_no_raw_face(name, mosquitto, tmp_path):
+    """A 720p scene as a 10-frame MJPG clip through the camera agent (every frame handed over, not
+    played in real time) to mosquitto; every published frame is checked. The upside-down crowd is a
+    camera mounted upside down: its small faces are found on the frames between turned passes too."""
+    sc = scene(name)
+    clip = tmp_path / "scene.avi"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, sc.size)
     assert writer.isOpened()
     bgr = cv2.cvtColor(sc.frame, cv2.COLOR_RGB2BGR)
@@ -245,7 +251,7 @@ def test_stream_publishes_no_raw_face(mosquitto, tmp_path):
     assert len(source) == STREAM_FRAMES
     cfg = Config.model_validate({
         "capture": {"source": str(clip)}, "expression": {"enabled": False}, "stats": {"interval_s": 1},
-        "mqtt": {"host": "127.0.0.1", "port": mosquitto.port, "prefix": "test", "camera": "grid"}})
+        "mqtt": {"host": "127.0.0.1", "port": mosquitto.port, "prefix": "test", "camera": "scene"}})
     sub = Subscriber(mosquitto.port, "test/#")
     try:
         agent = Agent(cfg, realtime=False)

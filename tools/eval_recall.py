@@ -4,6 +4,7 @@
     python -m tools.eval_recall --config config/agent.yaml    # anoncam as a camera with that config runs it
     python -m tools.eval_recall --manifest variant.yaml --methods anoncam   # other detector thresholds
     python -m tools.eval_recall --data DIR_OR_ZIP --methods deface
+    python -m tools.eval_recall --turn 180 --half odd         # the photos upside down, with no orientation tag
 
 Data: shared/data/crowd/wider_face_val_dev.zip (WIDER FACE val, research-only: unpacked into
 ~/.cache/anoncam, never into the repo), or any zip/folder with images/ and a gt.json in its format.
@@ -46,7 +47,9 @@ import numpy as np
 from tqdm import tqdm
 
 from agent.errors import AnoncamError
-from tools.recall.data import JPEG_QUALITY, WIDER_ZIP, decode_jpeg, encode_jpeg, face_rows, load_dataset, load_rgb
+from tools.datasets import CACHE
+from tools.recall.data import (JPEG_QUALITY, TURNS, WIDER_ZIP, decode_jpeg, encode_jpeg, face_rows, load_dataset, load_rgb,
+                               turned_dataset)
 from tools.recall.judge import DLIB_CROP_GROWTH, DLIB_FACE_PX, DLIB_MIN_HEIGHT, DLIB_MIN_IOU, DLIB_THRESHOLD, DlibJudge
 from tools.recall.methods import METHODS, anoncam_setup, make_method
 from tools.recall.metrics import calibrate, centre_diff, dlib_counts, impostor_rate, method_figures, outside_changed_share
@@ -73,7 +76,7 @@ def reference_pass(folder: Path, items: list[dict], judge: DlibJudge) -> tuple[l
         reencoded = decode_jpeg(encode_jpeg(rgb))
         for k, f in enumerate(it["faces"]):
             noise.append(centre_diff(rgb, reencoded, f))
-            if not f["invalid"] and f["h"] >= DLIB_MIN_HEIGHT:
+            if not f["invalid"] and f.get("upright_h", f["h"]) >= DLIB_MIN_HEIGHT:
                 descriptors[i, k] = judge.describe(rgb, f)
                 found[i, k] = judge.match(rgb, f, descriptors[i, k])
     return noise, descriptors, found
@@ -145,6 +148,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
     ap.add_argument("--half", choices=("even", "odd"), help="every other image only: even (0th, 2nd, ...) or odd "
                     "(1st, 3rd, ...: the photos the detector's settings are tuned on)")
+    ap.add_argument("--turn", type=int, choices=sorted(TURNS), help="turn every photo clockwise by this many degrees "
+                    "(with its boxes) first: photos held sideways or upside down, stored without an orientation tag; "
+                    "size bins stay by the face's own height, and dlib's frontal detector finds few turned faces")
     ap.add_argument("--out", type=Path, default=ROOT / "reports/recall")
     return ap
 
@@ -164,6 +170,8 @@ def main(argv=None) -> int:
     folder, items = load_dataset(args.data, args.cache)
     items = items[{"even": 0, "odd": 1}[args.half]::2] if args.half else items
     items = items[:args.limit] if args.limit > 0 else items
+    if args.turn:
+        folder, items = turned_dataset(folder, items, args.turn, CACHE / f"{folder.name}-turn{args.turn}")
     if not items:
         raise SystemExit(f"anoncam: error: no images listed in {folder}/gt.json")
     rows, judge = face_rows(items), DlibJudge()
@@ -177,7 +185,7 @@ def main(argv=None) -> int:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": {"path": str(args.data), "folder": str(folder), "images": len(items), "faces": len(rows),
                  "faces_valid": sum(not r["invalid"] for r in rows), "limit": args.limit,
-                 "half": args.half or "all"},
+                 "half": args.half or "all", "turn": args.turn or 0},
         "calibration": calibration, "config": str(args.config) if args.config else "defaults (Config())",
         "manifest": str(args.manifest) if args.manifest else "the models folder's manifest.yaml",
         "judge": judge.version, "dlib_protocol": DLIB_PROTOCOL,

@@ -81,6 +81,11 @@ class FaceAnalyzer:
             self._new_roi_slot = lambda: _RoiSlot(make(vision.RunningMode.VIDEO, 1))
             self._roi_slots.append(self._new_roi_slot())  # made now, not while frames wait
 
+    def restart(self) -> None:
+        """The next frame is a stream's first: the detector runs every pass on it."""
+        if self._detector is not None:
+            self._detector.restart()
+
     def close(self):
         if self._pool is not None:
             self._pool.shutdown(wait=True)

@@ -195,6 +195,7 @@ class Agent:
         w = self.cfg.capture.width or 640
         h = self.cfg.capture.height or 480
         self.anonymizer.analyze(np.full((h, w, 3), 128, np.uint8), 0)
+        self.anonymizer.restart()
         for synthesizer in self.anonymizer.synthesizers():
             synthesizer.warm_up()
         classifiers = [c.classifier for c in (self.anonymizer.router, self.expression) if c and c.classifier]

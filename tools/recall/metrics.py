@@ -130,8 +130,9 @@ def impostor_rate(originals: dict) -> dict:
 
 
 def face_groups(rows: list[dict]) -> dict[str, np.ndarray]:
-    """Masks over faces for every reported row: all, >= 16 px, size bins by height, each flag value."""
-    h = np.array([r["h"] for r in rows])
+    """Masks over faces for every reported row: all, >= 16 px, size bins by the face's own height, each
+    flag value."""
+    h = np.array([r["upright_h"] for r in rows])
     groups = {"all": np.ones(len(rows), bool), ">= 16 px": h >= 16}
     groups.update({label: (h >= lo) & (h < hi) for label, lo, hi in BINS})
     for flag, values in FLAGS.items():

@@ -54,7 +54,7 @@ def write_faces_csv(path: Path, rows: list[dict], runs: dict, threshold: float, 
     """Per face: its box, flags, whether dlib's detector finds it in the original (and the descriptor
     distance there), and each method's centre difference, leak verdict, dlib found and dlib distance.
     The dlib cells are empty for faces not scored for identity; a distance is empty when not found."""
-    fields = ["file", "face", "x", "y", "w", "h", "invalid", *FLAGS]
+    fields = ["file", "face", "x", "y", "w", "h", "upright_h", "invalid", *FLAGS]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(fields + ["original_dlib_found", "original_dlib_distance"]
