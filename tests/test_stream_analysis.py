@@ -288,3 +288,31 @@ def test_stills_pad_to_few_input_sizes_and_find_the_same_faces():
     face = found[True][0]
     assert np.abs(face - found[False][0]).max() < 2
     assert face[0] < 9 + 225 < face[2] and face[1] < 100 + 125 < face[3]
+
+
+def test_a_stream_lying_upside_down_keeps_its_small_faces_found_between_turned_passes():
+    """A camera mounted upside down: 24 faces of 24 px (and one of 110) turned 180 degrees, known boxes
+    (tests/scenes.py). The turned canvas runs every third frame at a third of the size, too small for
+    them; the frame found lying turned is searched turned at full size on every frame, and a restart
+    (after the agent's warm-up frame) makes the stream's first frame a turned one again."""
+    from scenes import scene
+
+    from agent.config import InferenceConfig
+    from agent.pipeline import STREAM_FULL_TURNS, STREAM_TURN_EVERY
+    from agent.runtime.manifest import load_manifest
+
+    def found(dets, boxes):
+        return sum(any(d.box[0] <= (b[0] + b[2]) / 2 <= d.box[2] and d.box[1] <= (b[1] + b[3]) / 2 <= d.box[3]
+                       for d in dets) for b in boxes)
+
+    lying, upright = scene("upside_down_crowd"), scene("grid_720p")
+    stream = FaceDetector(InferenceConfig(backend="openvino"), load_manifest().detector, flip=False,
+                          turn_every=STREAM_TURN_EVERY, full_turns=STREAM_FULL_TURNS)
+    as_before = FaceDetector(InferenceConfig(backend="openvino"), load_manifest().detector, flip=False,
+                             turn_every=STREAM_TURN_EVERY)
+    stream.detect(upright.frame)  # a warm-up frame of another scene
+    stream.restart()
+    per_frame = [found(stream.detect(lying.frame), lying.boxes) for _ in range(2 * STREAM_TURN_EVERY + 1)]
+    assert per_frame == [len(lying.boxes)] * len(per_frame)
+    # The oracle's own check: the turned canvas alone misses most of them on every frame.
+    assert found(as_before.detect(lying.frame), lying.boxes) < len(lying.boxes) - 5
