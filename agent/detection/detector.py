@@ -71,7 +71,8 @@ class FaceDetector:
         inference = inference or InferenceConfig()
         spec = spec or DetectorSpec()
         openvino_file = verified_path(spec.openvino.file, inference.models_dir) if spec.openvino else None
-        self.model = CenterFace(verified_path(spec.file, inference.models_dir), inference, stream=turn_every > 1,
+        self.stream = turn_every > 1
+        self.model = CenterFace(verified_path(spec.file, inference.models_dir), inference, stream=self.stream,
                                 openvino_path=openvino_file)
         self.spec = spec = spec.for_runtime(self.model.runtime)
         self.scale = scale
@@ -97,13 +98,17 @@ class FaceDetector:
         upright = nms(found, NMS_IOU) if self.full_turns and (turning or self._lying) else None
         if turning:
             sure = self.spec.rotated_threshold
-            turned = self._turned(rgb, min(sure, LYING_HINT) if self.full_turns else sure)
+            turned = self._turned(rgb, min(sure, LYING_HINT) if self.full_turns and not self.stream else sure)
             parts += [seen[seen.scores >= sure] for seen in turned.values()]
             if self.full_turns:
                 lying = _turned_faces(upright[upright.scores >= sure])
                 for angle, seen in turned.items():
+                    # Streams go without the half-size check: at an input size of its own it would stall a
+                    # stream's fixed-size compiles for a new one (~0.5 s, frames dropped), and a stream
+                    # gets another turned pass three frames on.
                     if _unexplained(seen[seen.scores >= sure], upright) or (
-                            _unexplained(seen, upright) and _unexplained(self._lying_check(rgb, angle), upright)):
+                            not self.stream and _unexplained(seen, upright)
+                            and _unexplained(self._lying_check(rgb, angle), upright)):
                         lying.add(angle)
                 self._lying.update({a: self.full_turns for a in lying & set(self.rotations)})
         for angle in sorted(self._lying):
