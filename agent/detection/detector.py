@@ -113,11 +113,15 @@ class FaceDetector:
                 self._lying.update({a: self.full_turns for a in lying & set(self.rotations)})
         for angle in sorted(self._lying):
             full = self._turned_pass(rgb, angle, self.scale, self.flip)
-            parts.append(full)
-            # Clear faces only the full turn finds: the frames still lie so (its faint boxes alone, at the
-            # upright thresholds, would keep an upright camera turning on false ones).
-            if _unexplained(full[full.scores >= self.spec.rotated_threshold], upright):
+            clear = full[full.scores >= self.spec.rotated_threshold]
+            # Clear faces only the full turn finds say the frame lies so, and its faint boxes are then faces
+            # too small to be clear; without any it was a false alarm, and faint boxes of a frame turned
+            # from upright are more often false than faces (nor should they keep a camera turning).
+            if _unexplained(clear, upright):
+                parts.append(full)
                 self._lying[angle] = self.full_turns
+            else:
+                parts.append(clear)
         self._lying = {a: n - 1 for a, n in self._lying.items() if n > 1}
         return sorted(nms(Candidates.join(parts), NMS_IOU).detections(), key=lambda d: -d.size)
 
