@@ -136,11 +136,8 @@ class FaceDetector:
         turned = _turn(rgb, angle)
         c = self._pass(turned, scale, flip)
         h, w = rgb.shape[:2]
-        corners = _unturn_points(np.concatenate([c.boxes[:, :2], c.boxes[:, 2:]]), angle, w, h)
-        n = len(c)
-        boxes = np.concatenate([np.minimum(corners[:n], corners[n:]), np.maximum(corners[:n], corners[n:])], 1)
         marks = _unturn_points(c.marks.reshape(-1, 2), angle, w, h).reshape(-1, 5, 2)
-        return Candidates.of(boxes, c.scores, marks, angle)
+        return Candidates.of(_unturn_boxes(c.boxes, angle, w, h), c.scores, marks, angle)
 
     def _pass(self, rgb: np.ndarray, scale: float, flip: bool = False) -> Candidates:
         """Candidates on ``rgb`` scaled by ``scale``, in ``rgb``'s own pixels."""
@@ -193,9 +190,7 @@ class FaceDetector:
             if not mine.any():
                 continue
             shift = np.array([x, 0], np.float32)
-            corners = np.stack([boxes[mine][:, :2], boxes[mine][:, 2:]], 1).reshape(-1, 2) - shift
-            corners = _unturn_points(corners, angle, sw, sh).reshape(-1, 2, 2)
-            b = np.concatenate([corners.min(1), corners.max(1)], 1) / scale
+            b = _unturn_boxes(boxes[mine] - np.tile(shift, 2), angle, sw, sh) / scale
             m = _unturn_points((marks[mine] - shift).reshape(-1, 2), angle, sw, sh).reshape(-1, 5, 2) / scale
             out[angle] = Candidates.of(b, scores[mine], m, angle)
         return out
@@ -334,6 +329,12 @@ def _ups(marks: np.ndarray, boxes: np.ndarray, angle: int) -> np.ndarray:
 
 def _turn(rgb: np.ndarray, angle: int) -> np.ndarray:
     return rgb if angle == 0 else np.ascontiguousarray(cv2.rotate(rgb, _ROTATE[angle]))
+
+
+def _unturn_boxes(boxes: np.ndarray, angle: int, w: int, h: int) -> np.ndarray:
+    """(N, 4) x0 y0 x1 y1 boxes in the image turned clockwise by ``angle`` -> the unturned (w x h) image's."""
+    corners = _unturn_points(boxes.reshape(-1, 2), angle, w, h).reshape(-1, 2, 2)
+    return np.concatenate([corners.min(1), corners.max(1)], 1)
 
 
 def _unturn_points(points: np.ndarray, angle: int, w: int, h: int) -> np.ndarray:
