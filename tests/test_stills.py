@@ -131,18 +131,31 @@ def test_synthesis_failure_masks_the_face(astronaut):
 
 
 def test_backends_agree(astronaut):
-    outs = {}
-    for kind in BACKENDS:
-        a = Anonymizer(config(kind))
-        try:
-            outs[kind] = a.process(astronaut)
-        finally:
+    anonymizers = {kind: Anonymizer(config(kind)) for kind in BACKENDS}
+    try:
+        analyses = {kind: a.analyze_all(astronaut) for kind, a in anonymizers.items()}
+        # The rest of the way from one analysis: the backends' detectors (FP32 against INT8) place the
+        # box a pixel apart, MediaPipe's landmarks then move by ~0.1 px and the conditioning's lines by a
+        # pixel here and there, which alone puts the two faces 22-26 dB apart depending on the CPU.
+        shared = analyses["onnxruntime"]
+        frames = {kind: a.anonymize(astronaut, shared)[0] for kind, a in anonymizers.items()}
+    finally:
+        for a in anonymizers.values():
             a.close()
-    assert all(isinstance(o.frame, AnonymizedFrame) and o.frame.faces_replaced == 1 for o in outs.values())
-    inside = oval_mask(astronaut.shape, outs["onnxruntime"].faces[0])
-    a, b = (outs[k].frame.pixels[inside].astype(float) for k in BACKENDS)
+    (ort_box,), (ov_box,) = ([d.box for d in analyses[k].detections] for k in BACKENDS)
+    (x0, y0), (x1, y1) = np.maximum(ort_box[:2], ov_box[:2]), np.minimum(ort_box[2:], ov_box[2:])
+    overlap = max(x1 - x0, 0) * max(y1 - y0, 0)
+    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])
+    assert overlap / (area(ort_box) + area(ov_box) - overlap) > 0.9
+    shift = np.abs(analyses["onnxruntime"].faces[0].landmarks[:, :2] - analyses["openvino"].faces[0].landmarks[:, :2])
+    assert shift.mean() < 1.0
+    assert all(isinstance(f, AnonymizedFrame) and f.faces_replaced == 1 for f in frames.values())
+    inside = oval_mask(astronaut.shape, shared.faces[0])
+    a, b = (frames[k].pixels[inside].astype(float) for k in BACKENDS)
     psnr = 10 * np.log10(255 ** 2 / max(np.mean((a - b) ** 2), 1e-9))
-    assert psnr > 25, f"ONNX Runtime and OpenVINO INT8 outputs differ: {psnr:.1f} dB"
+    # 35 dB apart on an AVX2-only CPU; one backend's output with its channels swapped, mirrored or
+    # halved in range lands at 19-27 dB (the skin-tone match hides much of a channel swap).
+    assert psnr > 31, f"ONNX Runtime and OpenVINO INT8 outputs differ: {psnr:.1f} dB"
 
 
 def test_backend_raw_outputs_agree():
