@@ -316,3 +316,27 @@ def test_a_stream_lying_upside_down_keeps_its_small_faces_found_between_turned_p
     assert per_frame == [len(lying.boxes)] * len(per_frame)
     # The oracle's own check: the turned canvas alone misses most of them on every frame.
     assert found(as_before.detect(lying.frame), lying.boxes) < len(lying.boxes) - 5
+
+
+def test_a_photo_lying_upside_down_keeps_the_faint_faces_of_its_full_turn():
+    """A group photo stored upside down: one face of 110 px and 24 of 14 px, known boxes. The upright
+    pass finds the large face faintly; that it finds it at all must not make the full turn a false
+    alarm, which would keep only the full turn's clear boxes and drop the faint small faces. The
+    control is the same photo turned back upright."""
+    from scenes import _turned_crowd
+
+    from agent.config import InferenceConfig
+    from agent.runtime.manifest import load_manifest
+
+    def found(dets, boxes):
+        return sum(any(d.box[0] <= (b[0] + b[2]) / 2 <= d.box[2] and d.box[1] <= (b[1] + b[3]) / 2 <= d.box[3]
+                       for d in dets) for b in boxes)
+
+    lying = _turned_crowd("upside_down_small_crowd", 180, small=14)
+    w, h = lying.size
+    upright = np.rot90(lying.frame, 2).copy()
+    upright_boxes = [(w - b[2], h - b[3], w - b[0], h - b[1]) for b in lying.boxes]
+    stills = FaceDetector(InferenceConfig(backend="openvino"), load_manifest().detector, full_turns=1)
+    control = found(stills.detect(upright), upright_boxes)
+    assert control >= 8  # the oracle's own check: faces this small are found at all
+    assert found(stills.detect(lying.frame), lying.boxes) >= control

@@ -112,12 +112,12 @@ class FaceDetector:
                         lying.add(angle)
                 self._lying.update({a: self.full_turns for a in lying & set(self.rotations)})
         for angle in sorted(self._lying):
-            full = self._turned_pass(rgb, angle, self.scale, self.flip)
+            full = self._turned_pass(rgb, angle, self.scale, self.flip, zoom=True)
             clear = full[full.scores >= self.spec.rotated_threshold]
             # Clear faces only the full turn finds say the frame lies so, and its faint boxes are then faces
             # too small to be clear; without any it was a false alarm, and faint boxes of a frame turned
             # from upright are more often false than faces (nor should they keep a camera turning).
-            if _unexplained(clear, upright):
+            if _unexplained(clear, upright, by_score=True):
                 parts.append(full)
                 self._lying[angle] = self.full_turns
             else:
@@ -130,11 +130,14 @@ class FaceDetector:
         c = self._turned_pass(rgb, angle, self.scale * LYING_CHECK_SCALE, False)
         return c[c.scores >= LYING_SCORE]
 
-    def _turned_pass(self, rgb: np.ndarray, angle: int, scale: float, flip: bool) -> Candidates:
+    def _turned_pass(self, rgb: np.ndarray, angle: int, scale: float, flip: bool, zoom: bool = False) -> Candidates:
         """The frame turned by ``angle``, run at ``scale`` with the upright thresholds, in ``rgb``'s
-        pixels: at the upright pass's scale and mirroring, the full turn of a frame that lies so."""
+        pixels: at the upright pass's scale and mirroring, the full turn of a frame that lies so.
+        ``zoom``: its crowds run again at twice the size, as the upright pass's do."""
         turned = _turn(rgb, angle)
         c = self._pass(turned, scale, flip)
+        if zoom:
+            c = Candidates.join([c, self._zoom(turned, c)])
         h, w = rgb.shape[:2]
         marks = _unturn_points(c.marks.reshape(-1, 2), angle, w, h).reshape(-1, 5, 2)
         return Candidates.of(_unturn_boxes(c.boxes, angle, w, h), c.scores, marks, angle)
@@ -249,8 +252,10 @@ class Candidates:
         return [Detection(b, float(s), m, up=u) for b, s, m, u in zip(self.boxes, self.scores, self.marks, self.ups)]
 
 
-def _unexplained(seen: Candidates, upright: Candidates) -> bool:
-    """Some box in ``seen`` overlaps none of ``upright``'s (IoU under UNEXPLAINED_IOU)."""
+def _unexplained(seen: Candidates, upright: Candidates, by_score: bool = False) -> bool:
+    """Some box in ``seen`` overlaps none of ``upright``'s (IoU under UNEXPLAINED_IOU); ``by_score``: none
+    that scores at least as high (a face lies the way the network scores it highest: the upright pass
+    finds many a large face lying down, faintly)."""
     if not len(seen):
         return False
     if not len(upright):
@@ -259,8 +264,10 @@ def _unexplained(seen: Candidates, upright: Candidates) -> bool:
     inter = (np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
              * np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None))
     area_a, area_b = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]), (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    iou = inter / np.maximum(area_a + area_b - inter, 1e-6)
-    return bool((iou.max(1) < UNEXPLAINED_IOU).any())
+    overlaps = inter / np.maximum(area_a + area_b - inter, 1e-6) >= UNEXPLAINED_IOU
+    if by_score:
+        overlaps &= upright.scores[None] >= seen.scores[:, None]
+    return bool((~overlaps.any(1)).any())
 
 
 def _turned_faces(upright: Candidates) -> set[int]:
