@@ -20,6 +20,7 @@ from agent.runtime.backends import InferenceBackend, create_backend
 from agent.runtime.model_files import models_dir
 from agent.synthesis.render import render_conditioning, to_network_input
 from agent.synthesis.topology import FACE_OVAL_POLYGON
+from tools.recall.judge import box_iou
 
 BACKENDS = ("onnxruntime", "openvino")
 
@@ -143,10 +144,7 @@ def test_backends_agree(astronaut):
         for a in anonymizers.values():
             a.close()
     (ort_box,), (ov_box,) = ([d.box for d in analyses[k].detections] for k in BACKENDS)
-    (x0, y0), (x1, y1) = np.maximum(ort_box[:2], ov_box[:2]), np.minimum(ort_box[2:], ov_box[2:])
-    overlap = max(x1 - x0, 0) * max(y1 - y0, 0)
-    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])
-    assert overlap / (area(ort_box) + area(ov_box) - overlap) > 0.9
+    assert box_iou(ort_box, ov_box) > 0.9
     shift = np.abs(analyses["onnxruntime"].faces[0].landmarks[:, :2] - analyses["openvino"].faces[0].landmarks[:, :2])
     assert shift.mean() < 1.0
     assert all(isinstance(f, AnonymizedFrame) and f.faces_replaced == 1 for f in frames.values())

@@ -290,6 +290,12 @@ def test_stills_pad_to_few_input_sizes_and_find_the_same_faces():
     assert face[0] < 9 + 225 < face[2] and face[1] < 100 + 125 < face[3]
 
 
+def _found(dets, boxes) -> int:
+    """How many of the known ``boxes`` have their centre inside some detection's box."""
+    return sum(any(d.box[0] <= (b[0] + b[2]) / 2 <= d.box[2] and d.box[1] <= (b[1] + b[3]) / 2 <= d.box[3]
+                   for d in dets) for b in boxes)
+
+
 def test_a_stream_lying_upside_down_keeps_its_small_faces_found_between_turned_passes():
     """A camera mounted upside down: 24 faces of 24 px (and one of 110) turned 180 degrees, known boxes
     (tests/scenes.py). The turned canvas runs every third frame at a third of the size, too small for
@@ -301,10 +307,6 @@ def test_a_stream_lying_upside_down_keeps_its_small_faces_found_between_turned_p
     from agent.pipeline import STREAM_FULL_TURNS, STREAM_TURN_EVERY
     from agent.runtime.manifest import load_manifest
 
-    def found(dets, boxes):
-        return sum(any(d.box[0] <= (b[0] + b[2]) / 2 <= d.box[2] and d.box[1] <= (b[1] + b[3]) / 2 <= d.box[3]
-                       for d in dets) for b in boxes)
-
     lying, upright = scene("upside_down_crowd"), scene("grid_720p")
     stream = FaceDetector(InferenceConfig(backend="openvino"), load_manifest().detector, flip=False,
                           turn_every=STREAM_TURN_EVERY, full_turns=STREAM_FULL_TURNS)
@@ -312,10 +314,10 @@ def test_a_stream_lying_upside_down_keeps_its_small_faces_found_between_turned_p
                              turn_every=STREAM_TURN_EVERY)
     stream.detect(upright.frame)  # a warm-up frame of another scene
     stream.restart()
-    per_frame = [found(stream.detect(lying.frame), lying.boxes) for _ in range(2 * STREAM_TURN_EVERY + 1)]
+    per_frame = [_found(stream.detect(lying.frame), lying.boxes) for _ in range(2 * STREAM_TURN_EVERY + 1)]
     assert per_frame == [len(lying.boxes)] * len(per_frame)
     # The oracle's own check: the turned canvas alone misses most of them on every frame.
-    assert found(as_before.detect(lying.frame), lying.boxes) < len(lying.boxes) - 5
+    assert _found(as_before.detect(lying.frame), lying.boxes) < len(lying.boxes) - 5
 
 
 def test_a_photo_lying_upside_down_keeps_the_faint_faces_of_its_full_turn():
@@ -328,17 +330,13 @@ def test_a_photo_lying_upside_down_keeps_the_faint_faces_of_its_full_turn():
     from agent.config import InferenceConfig
     from agent.runtime.manifest import load_manifest
 
-    def found(dets, boxes):
-        return sum(any(d.box[0] <= (b[0] + b[2]) / 2 <= d.box[2] and d.box[1] <= (b[1] + b[3]) / 2 <= d.box[3]
-                       for d in dets) for b in boxes)
-
     lying = _turned_crowd("upside_down_small_crowd", 180, small=14)
     w, h = lying.size
     upright = np.rot90(lying.frame, 2).copy()
     upright_boxes = [(w - b[2], h - b[3], w - b[0], h - b[1]) for b in lying.boxes]
     stills = FaceDetector(InferenceConfig(backend="openvino"), load_manifest().detector, full_turns=1)
-    control = found(stills.detect(upright), upright_boxes)
+    control = _found(stills.detect(upright), upright_boxes)
     assert control >= 8  # the oracle's own check: faces this small are found at all
     # The full turn runs the very pixels of the control's upright pass, so it finds what the control finds
     # (one face of slack for suppression among the extra boxes of the other passes; before, 4 against 10).
-    assert found(stills.detect(lying.frame), lying.boxes) >= control - 1
+    assert _found(stills.detect(lying.frame), lying.boxes) >= control - 1

@@ -114,9 +114,10 @@ class FaceDetector:
         for angle in sorted(self._lying):
             full = self._turned_pass(rgb, angle, self.scale, self.flip, zoom=True)
             clear = full[full.scores >= self.spec.rotated_threshold]
-            # Clear faces only the full turn finds (or scores higher) say the frame lies so, and its faint boxes are then faces
-            # too small to be clear; without any it was a false alarm, and faint boxes of a frame turned
-            # from upright are more often false than faces (nor should they keep a camera turning).
+            # Clear faces only the full turn finds (or scores higher) say the frame lies so, and its faint
+            # boxes are then faces too small to be clear; without any it was a false alarm, and faint boxes
+            # of a frame turned from upright are more often false than faces (nor should they keep a camera
+            # turning).
             if _unexplained(clear, upright, by_score=True):
                 parts.append(full)
                 self._lying[angle] = self.full_turns
