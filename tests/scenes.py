@@ -228,13 +228,13 @@ def turned_90() -> Scene:
     return _finish("turned_90", canvas, boxes, [90, 270])
 
 
-def _turned_crowd(name: str, angle: int, small: int = 24) -> Scene:
-    """1280x720 (coffee photo), a face 110 px tall and 24 faces ``small`` px tall in a 6x4 grid, all
-    turned by ``angle``: a group photo stored sideways or upside down without an orientation tag. The
-    small faces are too small to be found at the scale of the detector's turned passes, and the upright
-    pass misses about half of them turned."""
+def _turned_crowd(name: str, angle: int, small: int = 24, large: bool = True) -> Scene:
+    """1280x720 (coffee photo), a face 110 px tall (unless not ``large``) and 24 faces ``small`` px tall in
+    a 6x4 grid, all turned by ``angle``: a group photo stored sideways or upside down without an orientation
+    tag. The small faces are too small to be found at the scale of the detector's turned passes, and the
+    upright pass misses about half of them turned."""
     canvas = photo("coffee", 1280, 720)
-    boxes = [_place_centered(canvas, 110, 150, 150, 0, angle)]
+    boxes = [_place_centered(canvas, 110, 150, 150, 0, angle)] if large else []
     for i in range(24):
         r, c = divmod(i, 6)
         boxes.append(_place_centered(canvas, small, 360 + 150 * c, 100 + 150 * r, i + 1, angle))

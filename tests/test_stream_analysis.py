@@ -340,3 +340,22 @@ def test_a_photo_lying_upside_down_keeps_the_faint_faces_of_its_full_turn():
     # The full turn runs the very pixels of the control's upright pass, so it finds what the control finds
     # (one face of slack for suppression among the extra boxes of the other passes; before, 4 against 10).
     assert _found(stills.detect(lying.frame), lying.boxes) >= control - 1
+
+
+@pytest.mark.parametrize("angle", [180, 90])
+def test_a_photo_lying_turned_with_only_small_faces_is_searched_turned(angle):
+    """A group photo of 24 faces of 20 px and no larger one, stored upside down or on its side. The
+    turned canvas, at a third of the size, sees them at 7 px, too small to say that the photo lies turned,
+    and the upright pass finds none of them clearly: a photo with no clear upright face is searched turned
+    at full size every way."""
+    from scenes import _turned_crowd
+
+    from agent.config import InferenceConfig
+    from agent.runtime.manifest import load_manifest
+
+    lying = _turned_crowd(f"small_crowd_turned_{angle}", angle, small=20, large=False)
+    stills = FaceDetector(InferenceConfig(backend="openvino"), load_manifest().detector, full_turns=1)
+    canvas_only = FaceDetector(InferenceConfig(backend="openvino"), load_manifest().detector)
+    assert _found(stills.detect(lying.frame), lying.boxes) == len(lying.boxes)
+    # The oracle's own check: without the full turns the detector misses most of them (8-12 of 24 found).
+    assert _found(canvas_only.detect(lying.frame), lying.boxes) < len(lying.boxes) - 5
