@@ -115,9 +115,9 @@ class FaceDetector:
                 self._lying.update({a: self.full_turns for a in lying & set(self.rotations)})
                 if not self.stream and not (upright.scores >= sure).any():
                     # A photo with no clear upright face may lie turned with faces too small for the turned
-                    # canvas to say so: of the dev photos upside down, 38 of the 40 never found lying showed
-                    # none, against 8 of 146 upright. It is searched every way, unmirrored: mirrored, those
-                    # turns found no more faces, and a photo without faces took three times as long, not two.
+                    # canvas to say so: of the tuning photos upside down, 38 of the 40 never found lying showed
+                    # none, against 8 of 146 upright. It is searched every way, unmirrored: mirrored, those turns
+                    # found no more faces, and a photo without faces took about three times as long, not two.
                     unsure = set(self.rotations) - set(self._lying)
                     self._lying.update({a: self.full_turns for a in unsure})
         fulls = {angle: self._turned_pass(rgb, angle, self.scale, self.flip and angle not in unsure, zoom=True)
