@@ -103,7 +103,8 @@ class FaceDetector:
             turned = self._turned(rgb, min(sure, LYING_HINT) if self.full_turns and not self.stream else sure)
             parts += [seen[seen.scores >= sure] for seen in turned.values()]
             if self.full_turns:
-                lying = _turned_faces(upright[upright.scores >= sure])
+                clear_upright = upright[upright.scores >= sure]
+                lying = _turned_faces(clear_upright)
                 for angle, seen in turned.items():
                     # Streams go without the half-size check: at an input size of its own it would stall a
                     # stream's fixed-size compiles for a new one (~0.5 s, frames dropped), and a stream
@@ -113,7 +114,7 @@ class FaceDetector:
                             and _unexplained(self._lying_check(rgb, angle), upright)):
                         lying.add(angle)
                 self._lying.update({a: self.full_turns for a in lying & set(self.rotations)})
-                if not self.stream and not (upright.scores >= sure).any():
+                if not self.stream and not len(clear_upright):
                     # A photo with no clear upright face may lie turned with faces too small for the turned
                     # canvas to say so: of the tuning photos upside down, 38 of the 40 never found lying showed
                     # none, against 8 of 146 upright. It is searched every way, unmirrored: mirrored, those turns
